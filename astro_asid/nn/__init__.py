@@ -1,0 +1,1 @@
+"""Neural-network architectures (U-Net family) and model weights I/O."""

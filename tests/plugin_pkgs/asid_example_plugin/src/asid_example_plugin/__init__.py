@@ -1,0 +1,1 @@
+"""Example astro_asid plugin package."""
