@@ -135,6 +135,8 @@ def build_parser():
     for name, (modname, helptext) in _EXTERNAL_COMMANDS.items():
         try:
             mod = importlib.import_module(modname)
+            p = argparse.ArgumentParser(prog=f"asid {name}", add_help=False)
+            mod.add_arguments(p)  # may import heavier modules; fail here, not half-way below
         except ImportError:
             continue  # that subpackage is not available in this installation
         p = sub.add_parser(name, help=helptext)

@@ -260,6 +260,11 @@ or `SkyImage`
             f"it has {data.ndim} dimensions, shape {data.shape}")
     if min(data.shape[1:]) < 2:
         raise ValueError(f"each band must be at least 2x2 pixels, got shape {data.shape[1:]}")
+    if data.dtype.itemsize > 4 or data.dtype.kind in "iu":
+        finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+            raise ValueError("image values exceed the float32 range (|value| > 3.4e38); "
+                             "rescale the image")
     # astype gives float32 in native byte order, also for big-endian FITS data
     data = np.array(data, dtype=np.float32, copy=True)
 

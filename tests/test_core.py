@@ -119,6 +119,11 @@ def test_rejections(data, exc, match):
         as_sky_image(data, make_wcs(shape=(8, 8)))
 
 
+def test_float32_overflow_rejected(wcs64):
+    with pytest.raises(ValueError, match="float32 range"):
+        as_sky_image(np.full((64, 64), 1e300), wcs64)
+
+
 def test_all_masked_rejected(wcs64):
     with pytest.raises(ValueError, match="every pixel"):
         as_sky_image(np.ones((64, 64)), wcs64, mask=np.ones((64, 64), bool))
