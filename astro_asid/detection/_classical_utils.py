@@ -23,7 +23,6 @@ FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 SCORE_SCALE = 10.0
 
 _COUNT_UNITS = (u.ct, u.count, u.photon)
-OUTPUT_COLUMNS = ("x_centroid", "y_centroid", "score", "x_err", "y_err", "flux", "flux_err")
 
 
 def snr_to_score(snr, scale=SCORE_SCALE):
@@ -98,8 +97,9 @@ def is_counts(image):
     """True when the image holds Poisson counts.
 
     Every unmasked value is non-negative, and either the unit is a count unit,
-    or there is no unit and the values are integers with a small median (< 50, which excludes integer ADU
-    images with a bias level, whose noise is not Poisson in those units).
+    or there is no unit and the values are integers with a small median (< 50,
+    which excludes integer ADU images with a bias level, whose noise is not
+    Poisson in those units).
     """
     good = image.data[~image.mask]
     if good.size == 0 or np.any(good < 0):
@@ -123,12 +123,6 @@ def gaussian_profile(sigma, radius=3.0):
     edges = np.arange(-half - 0.5, half + 1.0, 1.0)
     prof = np.diff(erf(edges / (np.sqrt(2.0) * sigma))) / 2.0
     return prof / prof.sum()
-
-
-def gaussian_kernel(sigma, radius=3.0):
-    """Pixel-integrated circular Gaussian (2-D, odd size, sum 1), see `gaussian_profile`."""
-    prof = gaussian_profile(sigma, radius)
-    return np.outer(prof, prof)
 
 
 def correlate_separable(data, profile):
@@ -253,7 +247,8 @@ class BandSumModel:
     in any band, so partially masked sums never look like dips),
     ``background``, ``variance`` (per pixel, of the data), ``residual`` (data
     minus background, 0 at masked pixels), ``sigma`` (effective PSF sigma),
-    ``profile`` (1-D PSF profile, the kernel is its outer product), ``smoothed`` (residual convolved with the PSF),
+    ``profile`` (1-D PSF profile, the kernel is its outer product),
+    ``smoothed`` (residual convolved with the PSF),
     ``snr`` (``smoothed`` over its noise ``sqrt(conv(variance, K**2))``: the
     matched-filter significance), ``counts`` (Poisson mode).
     """

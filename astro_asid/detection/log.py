@@ -3,9 +3,9 @@
 import numpy as np
 from scipy import ndimage
 
-from ._classical_utils import (BandSumModel, band_sigmas, check_positive, effective_sigma,
-                               empty_table, make_table, parabola_offset, prune_close,
-                               snr_to_score)
+from ._classical_utils import (FWHM_TO_SIGMA, BandSumModel, band_sigmas, check_positive,
+                               effective_sigma, empty_table, make_table, parabola_offset,
+                               prune_close, snr_to_score)
 from .base import Detector
 
 __all__ = ["LoGDetector"]
@@ -118,7 +118,7 @@ class LoGDetector(Detector):
         model = BandSumModel(image, sigma, self.box_size, self.poisson)
         scales = self.scales(sigma)
         cube = self.significance_cube(model, scales)
-        min_sep = self.min_separation or max(2.0, sigma / 0.4246609)
+        min_sep = self.min_separation or max(2.0, sigma / FWHM_TO_SIGMA)
         local = ndimage.maximum_filter(cube, size=(3, 3, 3), mode="constant", cval=-np.inf)
         ks, ys, xs = np.nonzero((cube == local) & (cube > self.nsigma))
         if ks.size == 0:

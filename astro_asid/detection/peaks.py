@@ -4,8 +4,9 @@ import warnings
 
 import numpy as np
 
-from ._classical_utils import (BandSumModel, band_sigmas, check_positive, effective_sigma,
-                               empty_table, make_table, parabola_offset, snr_to_score)
+from ._classical_utils import (FWHM_TO_SIGMA, BandSumModel, band_sigmas, check_positive,
+                               effective_sigma, empty_table, make_table, parabola_offset,
+                               snr_to_score)
 from .base import Detector
 
 __all__ = ["PeaksDetector"]
@@ -95,7 +96,7 @@ class PeaksDetector(Detector):
         sigma = effective_sigma(image, band_sigmas(image, self.fwhm, "fwhm", fwhm=True))
         model = BandSumModel(image, sigma, self.box_size, self.poisson)
         unit = image.unit
-        min_sep = self.min_separation or max(2.0, sigma / 0.4246609)
+        min_sep = self.min_separation or max(2.0, sigma / FWHM_TO_SIGMA)
         box = 2 * int(np.ceil(min_sep)) + 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # NoDetectionsWarning: handled below

@@ -29,18 +29,141 @@ def _gather(data, half, ys, xs):
     return np.take(padded.ravel(), index)
 
 
+_SERIES_ORDER = 24      # terms of the power series in A q
+_SERIES_RADIUS = 0.5    # series used where A q < this for every pixel with counts
+_SERIES_MIN_PAIRS = 32  # bands with fewer pixels with counts per cutout use exact sums
+_TIER_QUANTILES = (0.6, 0.9, 1.0)  # amplitude tiers, see _fit_group
+
+
+def _sparse_pairs(n, b, prof, w, ys, xs):
+    """(position, pixel) pairs with counts: position index, counts, ``q = w K / B``."""
+    half = prof.size // 2
+    win_n = _gather(n, half, ys, xs)
+    rows, cols = np.nonzero(win_n > 0)
+    win_b = _gather(b, half, ys, xs)[rows, cols]  # counts only sit where b > 0
+    kern = w * np.outer(prof, prof).ravel()
+    return rows, win_n[rows, cols], kern[cols] / win_b
+
+
+def _toeplitz(prof, size):
+    """Banded matrices ``T`` with ``(T x)[i] = sum_d prof[d + half] x[i + d]`` (zero padded).
+
+    ``prof`` has shape ``(m, k)``: one matrix per row, shape ``(m, size, size)``.
+    """
+    half = prof.shape[-1] // 2
+    idx = np.arange(size)
+    diff = idx[None, :] - idx[:, None] + half
+    inside = (diff >= 0) & (diff < prof.shape[-1])
+    return np.where(inside, prof[:, np.clip(diff, 0, prof.shape[-1] - 1)], 0.0)
+
+
+def _max_product(log_u, log_py, log_px):
+    """``max_d py[dy] px[dx] u[p + d]`` in log space (zero padded): it factorises over axes."""
+    ny, nx = log_u.shape
+    half = log_py.size // 2
+    padded = np.pad(log_u, half, constant_values=-np.inf)
+    step = np.full((padded.shape[0], nx), -np.inf)
+    for d in range(log_px.size):
+        np.maximum(step, padded[:, d:d + nx] + log_px[d], out=step)
+    out = np.full((ny, nx), -np.inf)
+    for d in range(log_py.size):
+        np.maximum(out, step[d:d + ny] + log_py[d], out=out)
+    return out
+
+
+class _SeriesBand:
+    """Power-series coefficients of one band's likelihood sums over outer cutouts.
+
+    With ``q_i = w K(i - p) / B_i``, ``sum_i n_i q_i / (1 + A q_i) = sum_k (-A)**k
+    C_k`` and ``sum_i n_i log(1 + A q_i) = sum_k (-1)**k A**(k + 1) C_k / (k + 1)``
+    where ``C_k = sum_i n_i q_i**(k + 1)``. `terms` gives the sums over the
+    cutout minus its central ``(2 inner + 1)**2`` square (``inner = -1``: the
+    whole cutout), split into two separable parts (``|dy| > inner``, and
+    ``|dy| <= inner < |dx|``), so each ``C_k`` is two separable correlations
+    of ``n / B**(k + 1)``, done for all ``k`` at once as banded matrix
+    products. The series converge where ``A q_i < 1`` for every outer pixel
+    with counts. Numbers stay in range by working with ``x = A s``, ``s = w
+    K_max / B_min``: ``C_k = s**(k + 1) C'_k``.
+    """
+
+    def __init__(self, n, b, prof, w, order):
+        good = b > 0
+        b_min = b[good].min()
+        p_max = prof.max()
+        self.scale = w * p_max ** 2 / b_min
+        ratio = np.where(good, b_min / np.where(good, b, 1.0), 0.0)
+        half = prof.size // 2
+        self.offsets = np.abs(np.arange(prof.size) - half)
+        rel = prof / p_max
+        powers = np.arange(1, order + 1)[:, None]
+        full = rel[None, :] ** powers                              # (order, k)
+        ny, nx = n.shape
+        self.data = n[None] * ratio[None] ** powers[:, :, None]   # n (B_min / B)**(k + 1)
+        self.ty = _toeplitz(full, ny)
+        self.txt = np.transpose(_toeplitz(full, nx), (0, 2, 1))
+        self.dist_y = np.abs(np.subtract.outer(np.arange(ny), np.arange(ny)))
+        self.dist_x = np.abs(np.subtract.outer(np.arange(nx), np.arange(nx)))
+        self.by_x = np.matmul(self.data, self.txt)
+        with np.errstate(divide="ignore"):
+            self.log_u = np.where(n > 0, np.log(ratio), -np.inf)
+            self.log_full = np.log(rel)
+
+    def terms(self, inner):
+        """``(C'_k, q_max)``: coefficients ``(order, ny, nx)`` and the largest ``q``
+        over the outer pixels with counts of each cutout."""
+        ty_out = np.where(self.dist_y > inner, self.ty, 0.0)
+        coeffs = np.matmul(ty_out, self.by_x)
+        log_out = np.where(self.offsets > inner, self.log_full, -np.inf)
+        q_log = _max_product(self.log_u, log_out, self.log_full)
+        if inner >= 0:
+            ty_in = np.where(self.dist_y <= inner, self.ty, 0.0)
+            txt_out = np.where(self.dist_x.T > inner, self.txt, 0.0)
+            coeffs += np.matmul(ty_in, np.matmul(self.data, txt_out))
+            log_in = np.where(self.offsets <= inner, self.log_full, -np.inf)
+            q_log = np.maximum(q_log, _max_product(self.log_u, log_in, log_out))
+        return coeffs, np.exp(q_log) * self.scale
+
+
+def _inner_radius(b, prof, w, amp_ref):
+    """Half-size of the central square summed exactly so the outer series converge fast.
+
+    The smallest ``r`` with ``amp_ref * w K_out / B < 0.7 RADIUS`` where ``K_out`` is
+    the largest kernel value outside the square and ``B`` a low (10th
+    percentile) background; ``-1`` when no square is needed, None when the
+    whole cutout must be summed exactly.
+    """
+    good = b > 0
+    b_low = np.percentile(b[good], 10)
+    half = prof.size // 2
+    p_max = prof.max()
+    for r in range(-1, half):
+        k_out = p_max * prof[half + r + 1]
+        if amp_ref * w * k_out / b_low < 0.7 * _SERIES_RADIUS:
+            return r
+    return None
+
+
 def _fit_group(counts, background, profiles, weights, active, fit_threshold=1.0,
-               max_iter=30, tol=1e-6):
+               max_iter=30, tol=1e-5):
     """Maximum-likelihood amplitude of one source shared by some bands, at every pixel.
 
     Model in band ``b``: ``mu = B_b + A w_b K_b(. - p)`` with ``A >= 0`` and
     ``K_b = outer(profile_b, profile_b)``. With ``q = w_b K_b / B_b``, the
-    gradient of ``log L`` is ``g(A) = sum n q / (1 + A q) - sum w_b K_b``: it
-    is decreasing and convex, so Newton's method from the Gaussian
-    (linearised) estimate converges monotonically after at most one
-    overshoot, which is clipped at 0. All positions are iterated at once on
-    stacked cutouts, keeping only the pixels with counts (the other pixels
-    enter only through ``sum w_b K_b``).
+    gradient of ``log L`` is ``g(A) = G(A) - S`` with ``G = sum n q / (1 + A q)``
+    and ``S = sum w_b K_b``. ``1 / G`` is concave (a parallel sum of linear
+    functions of ``A``), so Newton's method on ``1 / G - 1 / S`` from the
+    Gaussian (linearised) estimate lands left of the root after one step
+    (clipped at 0), then converges monotonically. All positions are iterated
+    at once.
+
+    The sums over pixels that depend on ``A`` are evaluated exactly on a
+    sparse list of the (position, pixel) pairs with counts near the centre of
+    each cutout (or over the whole cutout for bands with few counts), and by
+    power series in ``A q`` whose coefficients are correlations
+    (`_SeriesBand`) further out, where ``A q`` is small. Positions where a
+    series would converge slowly (``A q >= 0.3`` for a pixel with counts)
+    are redone with a larger exact square, then with exact sums over the
+    whole cutout. Both give the likelihood to about ``1e-8``.
 
     Everything that does not depend on ``A`` is a (separable) correlation:
     ``g(0)``, the observed information at 0 ``I_obs(0) = sum n q**2`` and the
@@ -80,42 +203,129 @@ def _fit_group(counts, background, profiles, weights, active, fit_threshold=1.0,
     ys, xs = np.nonzero(positive & (score >= fit_threshold))
     if ys.size == 0:
         return amplitude, ts, info
-    # Sparse layout: only (position, pixel) pairs with counts enter the sums
-    # that depend on A; pair k has counts n[k], q[k] = w K / B and position pos[k].
-    pos, cnt, qq = [], [], []
-    n_pos = ys.size
-    for n, b, prof, w in zip(counts, background, profiles, weights):
-        half = prof.size // 2
-        win_n = _gather(n, half, ys, xs)
-        rows, cols = np.nonzero(win_n > 0)
-        win_b = _gather(b, half, ys, xs)[rows, cols]
-        kern = w * np.outer(prof, prof).ravel()
-        pos.append(rows)
-        cnt.append(win_n[rows, cols])
-        qq.append(kern[cols] / win_b)  # counts only sit on unmasked pixels: win_b > 0
-    pos = np.concatenate(pos)
-    cnt = np.concatenate(cnt)
-    qq = np.concatenate(qq)
+
+    bands = [(n, b, prof, w) for n, b, prof, w in zip(counts, background, profiles, weights)
+             if w > 0 and np.any(b > 0)]
+    # bands with few pixels with counts per cutout are always summed exactly
+    dense = [np.count_nonzero(n > 0) / n.size * prof.size ** 2 >= _SERIES_MIN_PAIRS
+             for n, b, prof, w in bands]
+    cache = {}
     s_m = sum_m[ys, xs]
-    amp = grad0[ys, xs] / info0[ys, xs]  # linearised (Gaussian) estimate
+    start = grad0[ys, xs] / info0[ys, xs]  # linearised (Gaussian) estimate
+    amp = np.zeros(ys.size)
+    like = np.zeros(ys.size)
+    obs = np.zeros(ys.size)
+    # Tiers of increasing amplitude: the larger the amplitude, the larger the
+    # central square that must be summed exactly; the last tier is all exact.
+    estimate = start.copy()
+    todo = np.arange(ys.size)
+    # tier amplitudes: quantiles of the starting estimates, then growing 4x
+    refs = list(np.maximum(np.quantile(start, _TIER_QUANTILES), 1e-3))
+    while todo.size:
+        amp_ref = refs.pop(0) if refs else 4.0 * amp_ref
+        radii = [_inner_radius(b, prof, w, amp_ref) if is_dense else None
+                 for (n, b, prof, w), is_dense in zip(bands, dense)]
+        last = all(r is None for r in radii)
+        now = todo if last else todo[estimate[todo] <= amp_ref]
+        series, pairs = [], []
+        for index, ((n, b, prof, w), inner) in enumerate(zip(bands, radii)):
+            if now.size == 0:
+                break
+            if inner is None:
+                pairs.append(_sparse_pairs(n, b, prof, w, ys[now], xs[now]))
+                continue
+            if index not in cache:
+                cache[index] = _SeriesBand(n, b, prof, w, _SERIES_ORDER)
+            coeffs, q_max = cache[index].terms(inner)
+            series.append((cache[index].scale, coeffs[:, ys[now], xs[now]],
+                           q_max[ys[now], xs[now]]))
+            if inner >= 0:
+                half = prof.size // 2
+                crop = prof[half - inner:half + inner + 1]
+                pairs.append(_sparse_pairs(n, b, crop, w, ys[now], xs[now]))
+        if now.size:
+            a, l, o = _newton(start[now], s_m[now], series, pairs, max_iter, tol)
+            amp[now], like[now], obs[now] = a, l, o
+            failed = now
+            if series:
+                q_top = np.max([q for _, _, q in series], axis=0)
+                failed = now[~(a * q_top < _SERIES_RADIUS)]
+            else:
+                failed = now[:0]
+            estimate[failed] = np.maximum(estimate[failed], a[np.isin(now, failed)])
+            todo = np.union1d(np.setdiff1d(todo, now), failed)
+    amplitude[ys, xs] = amp
+    ts[ys, xs] = np.clip(2.0 * like, 0.0, None)
+    info[ys, xs] = np.where(obs > 0, obs, info0[ys, xs])
+    return amplitude, ts, info
+
+
+def _newton(amp, s_m, series, pairs, max_iter, tol):
+    """Newton iterations for the amplitude at a set of positions.
+
+    ``series``: per band ``(scale, coeffs (order, n_pos), q_max (n_pos,))``;
+    ``pairs``: per band ``(pos, counts, q)`` sparse pairs. Returns the
+    amplitude, ``log L(A) - log L(0)`` and the observed information.
+    """
+    n_pos = amp.size
+    amp = amp.copy()
+    pos = np.concatenate([p[0] for p in pairs]) if pairs else np.zeros(0, int)
+    cnt = np.concatenate([p[1] for p in pairs]) if pairs else np.zeros(0)
+    qq = np.concatenate([p[2] for p in pairs]) if pairs else np.zeros(0)
+    # beyond this the series diverge; such positions are redone exactly
+    cap = np.full(n_pos, np.inf)
+    q_top = np.zeros(n_pos)
+    for _, _, q_max in series:
+        q_top = np.maximum(q_top, q_max)
+        with np.errstate(divide="ignore"):
+            cap = np.minimum(cap, 0.9 / np.where(q_max > 0, q_max, 0.0))
+
+    def sums(a, with_like=False):
+        """g(a) + s_m, observed information and (``with_like``) log L difference + a s_m."""
+        grad = np.zeros(n_pos)
+        curv = np.zeros(n_pos)
+        like = np.zeros(n_pos)
+        for scale, coeffs, _ in series:
+            x = a * scale
+            order = coeffs.shape[0]
+            g_poly = coeffs[-1].copy()
+            d_poly = (order - 1) * coeffs[-1]
+            l_poly = coeffs[-1] / order
+            for k in range(order - 2, -1, -1):
+                g_poly = coeffs[k] - x * g_poly
+                l_poly = coeffs[k] / (k + 1) - x * l_poly
+                if k >= 1:
+                    d_poly = k * coeffs[k] - x * d_poly
+            # d/dA sum_k (-x)^k C'_k s = -s**2 sum_k k (-1)^(k-1) x^(k-1) C'_k
+            grad += scale * g_poly
+            curv += scale ** 2 * (d_poly if order > 1 else 0.0)
+            like += x * l_poly
+        if pos.size:
+            aq = a[pos] * qq
+            t = qq / (1.0 + aq)
+            nt = cnt * t
+            grad += np.bincount(pos, nt, minlength=n_pos)
+            curv += np.bincount(pos, nt * t, minlength=n_pos)
+            if with_like:
+                like += np.bincount(pos, cnt * np.log1p(aq), minlength=n_pos)
+        return grad, curv, like
+
     for _ in range(max_iter):
-        t = qq / (1.0 + amp[pos] * qq)
-        nt = cnt * t
-        grad = np.bincount(pos, nt, minlength=n_pos) - s_m
-        curv = np.bincount(pos, nt * t, minlength=n_pos)
-        new = np.clip(amp + grad / np.where(curv > 0, curv, np.inf), 0.0, None)
+        total, curv, _ = sums(amp)
+        grad = total - s_m
+        # Newton on 1 / (g + s_m), which is concave in A (a parallel sum of lines):
+        # from any start it lands left of the root, then climbs monotonically, and
+        # it is exact for a single pixel, where plain Newton crawls (g ~ n / A - s_m)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            delta = np.where(curv > 0, grad * total / (s_m * curv), 0.0)
+        new = np.clip(amp + np.nan_to_num(delta), 0.0, cap)
         step = np.abs(new - amp)
         amp = new
-        if np.all(step <= tol * (1.0 + amp)):
+        # positions beyond the reach of their series will be redone: do not wait for them
+        if np.all((step <= tol * (1.0 + amp)) | (amp * q_top >= _SERIES_RADIUS)):
             break
-    aq = amp[pos] * qq
-    loglike = np.bincount(pos, cnt * np.log1p(aq), minlength=n_pos) - amp * s_m
-    t = qq / (1.0 + aq)
-    obs_info = np.bincount(pos, cnt * t * t, minlength=n_pos)
-    amplitude[ys, xs] = amp
-    ts[ys, xs] = np.clip(2.0 * loglike, 0.0, None)
-    info[ys, xs] = np.where(obs_info > 0, obs_info, info0[ys, xs])
-    return amplitude, ts, info
+    _, curv, like = sums(amp, with_like=True)
+    return amp, like - amp * s_m, curv
 
 
 def compute_ts_map(counts, background, psf_sigma, mask=None, weights=None, kernel_radius=3.0,
