@@ -1,0 +1,506 @@
+"""The deep-learning detectors: one U-Net backbone family, four decoders.
+
+=============== ================================================================
+name            method
+=============== ================================================================
+``asid-unet``   U-Net segmentation + Laplacian-of-Gaussian peaks (ASID-L)
+``unek``        U-Net segmentation + penalised k-means (Panes et al. 2021, app. B)
+``centroidnet`` U-Net offset vectors to the nearest centre + voting (Centroid-Net)
+``cedirnet``    U-Net direction (cos, sin) to the nearest centre + convergence
+                kernels (CeDiRNet)
+=============== ================================================================
+
+Each detector loads its weights lazily, on first use, from
+``astro_asid/models/<name>.safetensors`` and its JSON model card (or from
+``weights=``), checks the sha256 and caches the network for all instances.
+The score is calibrated on held-out simulations (`ScoreCalibration`): it
+estimates the probability that a candidate is a real source, and a threshold
+on it gives a clean precision/recall trade-off.
+
+Input handling
+--------------
+- Counts cubes with the model's bands (five Fermi-LAT bands 0.5-1, 1-2, 2-7,
+  7-20, 20-200 GeV for the shipped models) are used as they are; if the
+  image's ``energy_edges`` differ from the model's an `ASIDInputWarning` is
+  emitted.
+- A 2-D image (one band) is treated as summed counts over the model's energy
+  range and goes through the model's summed-band input channel (the shipped
+  models are trained with 15% of such examples); expect a lower recall.
+- Any other number of bands is a `ValueError` (sum the bands into a 2-D image).
+- Images of 64x64 pixels or smaller go through the fully convolutional network
+  in one pass (padded to a multiple of ``2**depth``); larger ones are cut into
+  overlapping ``tile_size`` tiles, normalised and predicted tile by tile, and
+  each output pixel is taken from the tile in which it is most central, so
+  the decoders see one seamless map.
+- The network was trained at the pixel scale of its card (10/64 deg for the
+  shipped models); another scale gives an `ASIDInputWarning`.
+"""
+
+import threading
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from astropy.table import QTable
+
+from astro_asid.detection.base import Detector
+from astro_asid.detection.decoders import (ScoreCalibration, centroid_votes,
+                                           direction_convergence, kmeans_penalised, log_peaks,
+                                           refine_positions)
+from astro_asid.nn.io import load_weights, shipped_model_path
+from astro_asid.nn.normalize import model_input
+from astro_asid.nn.unet import build_unet
+from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
+
+__all__ = ["DeepDetector", "ASIDUNetDetector", "UNEKDetector", "CentroidNetDetector",
+           "CeDiRNetDetector", "DEEP_DETECTORS", "load_model", "clear_model_cache"]
+
+_CACHE = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def clear_model_cache():
+    """Forget every cached network (they are reloaded on next use)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def load_model(path, device="cpu"):
+    """Load (and cache) a U-Net and its card from ``path`` (``.safetensors`` or stem).
+
+    Raises
+    ------
+    WeightsError
+        Missing or corrupt files, a card without a U-Net config, or tensors
+        that do not fit the architecture the card describes.
+    """
+    path = Path(path)
+    if path.suffix in (".safetensors", ".json"):
+        path = path.with_suffix("")
+    wfile = path.with_suffix(".safetensors")
+    try:
+        st = wfile.stat()
+        key = (str(wfile.resolve()), st.st_mtime_ns, st.st_size, str(device))
+    except OSError:
+        key = None
+    with _CACHE_LOCK:
+        if key is not None and key in _CACHE:
+            return _CACHE[key]
+    tensors, card = load_weights(path)
+    config = card.get("config")
+    if card.get("architecture", "unet") != "unet" or not isinstance(config, dict):
+        raise WeightsError(f"model card {path.with_suffix('.json')} does not describe a U-Net "
+                           "(needs 'architecture': 'unet' and a 'config' dict)")
+    try:
+        model = build_unet(config)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in tensors.items()}, strict=True)
+    except (ValueError, RuntimeError) as exc:
+        raise WeightsError(f"weights {wfile} do not fit the U-Net of their card: {exc}") from None
+    model.eval().to(device)
+    with _CACHE_LOCK:
+        if key is not None:
+            _CACHE[key] = (model, card)
+    return model, card
+
+
+class DeepDetector(Detector):
+    """Base class of the U-Net detectors (not registered itself).
+
+    Parameters
+    ----------
+    weights : str or path, optional
+        Weights file (``.safetensors`` with its ``.json`` card next to it);
+        default: the model shipped with astro_asid for this detector.
+    min_score : float
+        Candidates with a lower calibrated score are dropped.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    tile_size, overlap : int
+        Tiling of images larger than ``tile_size`` (pixels).
+    batch_size : int
+        Patches per forward pass.
+    tta : {1, 2, 4}
+        Test-time augmentation: average the network over this many mirror
+        images (1 = none; costs ``tta`` times the network time).
+    """
+
+    instruments = ("fermi-lat",)
+    needs_counts = True
+    model_name = None
+
+    def __init__(self, weights=None, min_score=0.1, device="cpu", tile_size=64, overlap=16,
+                 batch_size=64, tta=1):
+        if not 0.0 <= float(min_score) <= 1.0:
+            raise ValueError(f"min_score must be within 0..1, got {min_score}")
+        if int(tile_size) < 8 or not 0 <= int(overlap) < int(tile_size) // 2:
+            raise ValueError(f"need tile_size >= 8 and 0 <= overlap < tile_size/2, got "
+                             f"{tile_size}, {overlap}")
+        self.weights = weights
+        self.min_score = float(min_score)
+        self.device = device
+        self.tile_size = int(tile_size)
+        self.overlap = int(overlap)
+        self.batch_size = int(batch_size)
+        if tta not in (1, 2, 4):
+            raise ValueError(f"tta must be 1, 2 or 4, got {tta!r}")
+        self.tta = int(tta)
+
+    # -- model ---------------------------------------------------------------
+    def _weights_path(self):
+        if self.weights is not None:
+            return Path(self.weights)
+        return shipped_model_path(self.model_name or self.name)
+
+    def _model(self):
+        dev = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
+        if dev == "auto":
+            dev = "cpu"
+        return load_model(self._weights_path(), dev)
+
+    @property
+    def card(self):
+        """The model card (loads the weights on first use)."""
+        return self._model()[1]
+
+    def _calibration(self):
+        cal = self.card.get("score_calibration", {}).get(self.name)
+        return ScoreCalibration.from_dict(cal) if cal else None
+
+    # -- network pass ----------------------------------------------------------
+    def _forward(self, x):
+        """Run the network on ``(n, c, ny, nx)`` inputs (numpy); returns numpy maps."""
+        model, _ = self._model()
+        dev = next(model.parameters()).device
+        m = model.multiple
+        ny, nx = x.shape[-2:]
+        py, px = (-ny) % m, (-nx) % m
+        if py or px:
+            x = np.pad(x, ((0, 0), (0, 0), (0, py), (0, px)))
+        # test-time augmentation: average over mirror images (vectors mirrored back)
+        flips = [(), (3,), (2,), (2, 3)][:self.tta]
+        out = {}
+        with torch.inference_mode():
+            for i in range(0, len(x), self.batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i:i + self.batch_size])).to(dev)
+                acc = {}
+                for dims in flips:
+                    res = model(torch.flip(xb, dims) if dims else xb)
+                    for k, v in res.items():
+                        if k == "seg":
+                            v = torch.sigmoid(v)
+                        if dims:
+                            v = torch.flip(v, dims)
+                            if k in ("offset", "direction") and v.shape[1] == 2:
+                                sign = torch.tensor([-1.0 if 3 in dims else 1.0,
+                                                     -1.0 if 2 in dims else 1.0], device=v.device)
+                                v = v * sign.view(1, 2, 1, 1)
+                        acc[k] = acc[k] + v if k in acc else v
+                for k, v in acc.items():
+                    v = v / len(flips)
+                    out.setdefault(k, []).append(v[..., :ny, :nx].float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def _tiles(self, n):
+        t, s = self.tile_size, self.tile_size - self.overlap
+        starts = list(range(0, max(n - t, 0) + 1, s))
+        if starts[-1] + t < n:
+            starts.append(n - t)
+        # each pixel is taken from the tile where it is most central
+        bounds = [0] + [(starts[i] + t + starts[i + 1]) // 2 for i in range(len(starts) - 1)] + [n]
+        return starts, bounds
+
+    def predict_maps(self, cubes, masks=None):
+        """Network output maps for a stack of images.
+
+        Parameters
+        ----------
+        cubes : `~numpy.ndarray`
+            ``(n, n_bands, ny, nx)`` counts (or ``(n, 1, ny, nx)`` summed counts).
+        masks : `~numpy.ndarray` of bool, optional
+            Same shape; True marks pixels to ignore.
+
+        Returns
+        -------
+        dict
+            ``seg`` ``(n, ny, nx)`` probabilities, and ``offset``,
+            ``direction`` ``(n, 2, ny, nx)`` when the model has those heads.
+            Pixels masked in every band have probability 0.
+        """
+        cubes = np.asarray(cubes, dtype=np.float32)
+        if cubes.ndim != 4:
+            raise ValueError(f"expected (n, n_bands, ny, nx) cubes, got shape {cubes.shape}")
+        n_bands = int(self.card.get("n_bands", 5))
+        n, _, ny, nx = cubes.shape
+        if masks is None:
+            masks = ~np.isfinite(cubes)
+        t = self.tile_size
+        if ny <= t and nx <= t:
+            x = np.stack([model_input(c, n_bands, m) for c, m in zip(cubes, masks)])
+            maps = self._forward(x)
+        else:
+            ys, yb = self._tiles(ny)
+            xs, xb = self._tiles(nx)
+            tiles = []
+            for c, m in zip(cubes, masks):
+                for y0 in ys:
+                    for x0 in xs:
+                        sl = (slice(None), slice(y0, y0 + t), slice(x0, x0 + t))
+                        tiles.append(model_input(c[sl], n_bands, m[sl]))
+            raw = self._forward(np.stack(tiles))
+            maps = {}
+            for k, v in raw.items():
+                full = np.zeros((n, v.shape[1], ny, nx), np.float32)
+                i = 0
+                for j in range(n):
+                    for iy, y0 in enumerate(ys):
+                        for ix, x0 in enumerate(xs):
+                            a, b = yb[iy], yb[iy + 1]
+                            c0, c1 = xb[ix], xb[ix + 1]
+                            full[j, :, a:b, c0:c1] = v[i, :, a - y0:b - y0, c0 - x0:c1 - x0]
+                            i += 1
+                maps[k] = full
+        maps["seg"] = maps["seg"][:, 0] * ~np.all(masks, axis=1)
+        return maps
+
+    # -- decoding --------------------------------------------------------------
+    def decode(self, maps):
+        """Candidates of one image from its maps (``seg`` (ny, nx), ...)."""
+        raise NotImplementedError
+
+    def _table(self, cand, shape, mask2d):
+        ny, nx = shape
+        inside = ((cand.x >= -0.5) & (cand.x < nx - 0.5)
+                  & (cand.y >= -0.5) & (cand.y < ny - 0.5))
+        cand = cand.select(inside)
+        if mask2d is not None and len(cand):
+            ok = ~mask2d[np.clip(np.rint(cand.y).astype(int), 0, ny - 1),
+                         np.clip(np.rint(cand.x).astype(int), 0, nx - 1)]
+            cand = cand.select(ok)
+        cal = self._calibration()
+        if cal is not None:
+            score = cal(cand.raw_score)
+        else:
+            # no calibration in the card: a monotone squashing, documented as uncalibrated
+            score = 1.0 - np.exp(-np.clip(cand.raw_score, 0, None))
+        keep = score >= self.min_score
+        cand, score = cand.select(keep), score[keep]
+        order = np.argsort(-score, kind="stable")
+        tab = QTable()
+        tab["x_centroid"] = cand.x[order]
+        tab["y_centroid"] = cand.y[order]
+        tab["score"] = score[order]
+        tab["raw_score"] = cand.raw_score[order]
+        sig = self.card.get("position_sigma_px", {}).get(self.name)
+        if sig is not None:
+            tab["x_err"] = np.full(len(tab), float(sig))
+            tab["y_err"] = np.full(len(tab), float(sig))
+        tab.meta["model"] = {"name": self.card.get("name"), "sha256": self.card.get("sha256"),
+                             "calibrated": cal is not None}
+        return tab
+
+    def detect_arrays(self, cubes, masks=None):
+        """Detect sources in a stack of same-shape counts cubes (fast batch path).
+
+        Parameters
+        ----------
+        cubes : `~numpy.ndarray`
+            ``(n, n_bands, ny, nx)``, or ``(n, ny, nx)`` summed counts.
+
+        Returns
+        -------
+        list of `~astropy.table.QTable`
+            One table per image, as `detect` returns.
+        """
+        cubes = np.asarray(cubes, dtype=np.float32)
+        if cubes.ndim == 3:
+            cubes = cubes[:, np.newaxis]
+        if masks is not None:
+            masks = np.broadcast_to(np.asarray(masks, bool), cubes.shape)
+        maps = self.predict_maps(cubes, masks)
+        out = []
+        for i in range(len(cubes)):
+            one = {k: v[i] for k, v in maps.items()}
+            m2 = None if masks is None else np.all(masks[i], axis=0)
+            out.append(self._table(self.decode(one), cubes.shape[2:], m2))
+        return out
+
+    def detect(self, image):
+        image.check_counts(self.name)
+        card = self.card
+        n_bands = int(card.get("n_bands", 5))
+        if image.n_bands not in (n_bands, 1):
+            raise ValueError(
+                f"{self.name}: the model was trained on {n_bands} energy bands but the image has "
+                f"{image.n_bands}; pass the {n_bands} bands {card.get('energy_edges_gev')} GeV, "
+                "or a 2-D image of summed counts")
+        edges = card.get("energy_edges_gev")
+        if image.n_bands == n_bands and image.energy_edges is not None and edges is not None:
+            have = image.energy_edges.to_value("GeV")
+            if not np.allclose(have, edges, rtol=0.02):
+                warnings.warn(f"{self.name}: the image's energy edges {np.round(have, 3).tolist()} "
+                              f"GeV differ from the model's {edges} GeV; results may be biased",
+                              ASIDInputWarning)
+        scale = card.get("pixel_scale_deg")
+        if image.wcs is not None and scale:
+            from astropy.wcs.utils import proj_plane_pixel_scales
+            have = float(np.mean(np.abs(proj_plane_pixel_scales(image.wcs))))
+            if not 0.8 < have / scale < 1.25:
+                warnings.warn(f"{self.name}: pixel scale {have:.4g} deg differs from the model's "
+                              f"{scale:.4g} deg; the PSF in pixels is not what it was trained on",
+                              ASIDInputWarning)
+        data = image.filled(0.0)[np.newaxis]
+        return self.detect_arrays(data, image.mask[np.newaxis])[0]
+
+
+class ASIDUNetDetector(DeepDetector):
+    """U-Net segmentation + Laplacian-of-Gaussian peak finding (ASID-L).
+
+    Parameters
+    ----------
+    log_sigma : float
+        LoG scale in pixels (R/sqrt(2) for the R = 2.5 px training disks).
+    peak_threshold : float
+        Minimum LoG response of a candidate (before calibration).
+    score : {"log", "peak"}
+        Raw score of a peak: its LoG response, or the largest source
+        probability within 1 px (see `~astro_asid.detection.decoders.log_peaks`).
+    refine : {"offset", "centroid", "none"}
+        Sub-pixel refinement of the LoG peaks: average of the offset-head
+        proposals of the pixels within 1.5 px (default, when the model has an
+        offset head), probability-weighted centroid, or the parabolic LoG
+        peak only.
+    **kwargs
+        `DeepDetector` options (``weights``, ``min_score``, ``device``, ...).
+    """
+
+    name = "asid-unet"
+    description = "U-Net segmentation + Laplacian-of-Gaussian peaks (ASID-L)"
+
+    def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
+                 peak_threshold=0.02, score="log", refine="offset", device="cpu", tile_size=64,
+                 overlap=16,
+                 batch_size=64, tta=1):
+        super().__init__(weights=weights, min_score=min_score, device=device,
+                         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                         tta=tta)
+        if refine not in ("offset", "centroid", "none"):
+            raise ValueError(f"refine must be 'offset', 'centroid' or 'none', not {refine!r}")
+        if score not in ("log", "peak"):
+            raise ValueError(f"score must be 'log' or 'peak', not {score!r}")
+        self.log_sigma = float(log_sigma)
+        self.peak_threshold = float(peak_threshold)
+        self.score = score
+        self.refine = refine
+
+    def decode(self, maps):
+        cand = log_peaks(maps["seg"], sigma=self.log_sigma, threshold=self.peak_threshold,
+                         score=self.score)
+        if self.refine == "none" or len(cand) == 0:
+            return cand
+        offset = maps.get("offset") if self.refine == "offset" else None
+        return refine_positions(cand, maps["seg"], offset)
+
+
+class UNEKDetector(DeepDetector):
+    """U-Net segmentation + the penalised k-means of UNEK (Panes et al. 2021, appendix B).
+
+    Parameters
+    ----------
+    label_threshold, penalty, radius, k_max : float, float, float, int
+        ``l_sth`` = 0.2, ``l_sng`` = -10, ``R`` = 5 px and ``range(1, 50)`` of the paper.
+    patience : int or None
+        Stop the scan over k after this many k without improvement
+        (None = the paper's full scan; slower).
+    **kwargs
+        `DeepDetector` options.
+    """
+
+    name = "unek"
+    description = "U-Net segmentation + penalised k-means clustering (UNEK)"
+
+    def __init__(self, weights=None, min_score=0.1, label_threshold=0.2, penalty=-10.0,
+                 radius=5.0, k_max=50, patience=None, device="cpu", tile_size=64, overlap=16,
+                 batch_size=64, tta=1):
+        super().__init__(weights=weights, min_score=min_score, device=device,
+                         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                         tta=tta)
+        self.label_threshold = float(label_threshold)
+        self.penalty = float(penalty)
+        self.radius = float(radius)
+        self.k_max = int(k_max)
+        self.patience = None if patience is None else int(patience)
+
+    def decode(self, maps):
+        return kmeans_penalised(maps["seg"], label_threshold=self.label_threshold,
+                                penalty=self.penalty, radius=self.radius, k_max=self.k_max,
+                                patience=self.patience)
+
+
+class CentroidNetDetector(DeepDetector):
+    """U-Net offset vectors to the nearest centre + voting (Centroid-Net).
+
+    Parameters
+    ----------
+    seg_threshold : float
+        Pixels with a lower source probability do not vote.
+    min_votes : float
+        Minimum probability-weighted votes of a centre.
+    **kwargs
+        `DeepDetector` options.
+    """
+
+    name = "centroidnet"
+    description = "U-Net offset vectors + majority voting (Centroid-Net)"
+
+    def __init__(self, weights=None, min_score=0.1, seg_threshold=0.1, min_votes=0.5,
+                 device="cpu", tile_size=64, overlap=16, batch_size=64,
+                 tta=1):
+        super().__init__(weights=weights, min_score=min_score, device=device,
+                         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                         tta=tta)
+        self.seg_threshold = float(seg_threshold)
+        self.min_votes = float(min_votes)
+
+    def decode(self, maps):
+        if "offset" not in maps:
+            raise WeightsError(f"{self.name} needs a model with an 'offset' head")
+        return centroid_votes(maps["seg"], maps["offset"], seg_threshold=self.seg_threshold,
+                              min_votes=self.min_votes)
+
+
+class CeDiRNetDetector(DeepDetector):
+    """U-Net direction (cos, sin) to the nearest centre + convergence kernels (CeDiRNet).
+
+    Parameters
+    ----------
+    radius : float
+        Radius (px) of the hand-made convergence kernels.
+    threshold : float
+        Minimum convergence of a candidate.
+    **kwargs
+        `DeepDetector` options.
+    """
+
+    name = "cedirnet"
+    description = "U-Net centre-direction regression + convergence localisation (CeDiRNet)"
+
+    def __init__(self, weights=None, min_score=0.1, radius=3.0, threshold=0.05, device="cpu",
+                 tile_size=64, overlap=16, batch_size=64,
+                 tta=1):
+        super().__init__(weights=weights, min_score=min_score, device=device,
+                         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+                         tta=tta)
+        self.radius = float(radius)
+        self.threshold = float(threshold)
+
+    def decode(self, maps):
+        if "direction" not in maps:
+            raise WeightsError(f"{self.name} needs a model with a 'direction' head")
+        return direction_convergence(maps["seg"], maps["direction"], radius=self.radius,
+                                     threshold=self.threshold)
+
+
+#: The deep detectors, for the built-in plugin registration.
+DEEP_DETECTORS = [ASIDUNetDetector, UNEKDetector, CentroidNetDetector, CeDiRNetDetector]

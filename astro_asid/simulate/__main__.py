@@ -1,0 +1,5 @@
+import sys
+
+from astro_asid.simulate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""``asid train``: the command-line front end of `astro_asid.training.fermi.train_detector`.
+
+The lead wires it into ``astro_asid.cli`` as a sub-command::
+
+    from astro_asid.training import cli as train_cli
+    p = subparsers.add_parser("train", help=train_cli.HELP)
+    train_cli.add_arguments(p)
+    p.set_defaults(func=train_cli.run)
+"""
+
+import argparse
+
+__all__ = ["HELP", "add_arguments", "run", "main"]
+
+HELP = "train a deep detector on simulated data (writes weights + model cards)"
+
+
+def add_arguments(parser):
+    """Add the ``asid train`` options to an `argparse.ArgumentParser`."""
+    from astro_asid.training.fermi import DETECTOR_NAMES
+
+    parser.add_argument("detector", choices=DETECTOR_NAMES,
+                        help="detector to train (all four share one multi-head U-Net)")
+    parser.add_argument("--instrument", default="fermi-lat", choices=["fermi-lat"])
+    parser.add_argument("--steps", type=int, default=2000, help="optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="asid-training", help="output directory")
+    parser.add_argument("--background", default="b1",
+                        help="interstellar-emission model of the simulator")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--simulator", default="auto", choices=["auto", "fermi", "toy", "toy-b1"])
+    parser.add_argument("--base-width", type=int, default=16)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--pool-size", type=int, default=512)
+    parser.add_argument("--n-val", type=int, default=192)
+    parser.add_argument("--n-calibration", type=int, default=384)
+    parser.add_argument("--val-every", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--spectral-tilt", type=float, default=0.0,
+                        help="spectral-tilt augmentation of the sources (0 = off)")
+    parser.add_argument("--init-weights", default=None,
+                        help="start from these weights (fine-tuning)")
+    parser.add_argument("--export", nargs="+", default=None,
+                        help="detector names to write (default: all four)")
+    return parser
+
+
+def run(args):
+    """Run ``asid train`` with parsed arguments; returns the exit status."""
+    import shlex
+    import sys
+
+    from astro_asid.training.fermi import train_detector
+
+    command = "asid train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if sys.argv[1:2] == ["train"]:
+        command = "asid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    train_detector(args.detector, instrument=args.instrument, steps=args.steps,
+                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out,
+                   background=args.background, device=args.device, simulator=args.simulator,
+                   base_width=args.base_width, depth=args.depth, pool_size=args.pool_size,
+                   n_val=args.n_val, n_calibration=args.n_calibration, export=args.export,
+                   threads=args.threads, val_every=args.val_every,
+                   init_weights=args.init_weights, command=command,
+                   spectral_tilt=args.spectral_tilt)
+    return 0
+
+
+def main(argv=None):
+    """Stand-alone entry point: ``python -m astro_asid.training.cli``."""
+    parser = argparse.ArgumentParser(prog="asid train", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
