@@ -9,7 +9,7 @@ def expected_calibration_error(y, prob, n_bins=10):
     """Expected calibration error of the most probable class.
 
     The top-class confidences are put in ``n_bins`` equal-width bins; the ECE
-    is the row-weighted mean of |accuracy - mean confidence| over the bins
+    is the row-weighted mean of ``|accuracy - mean confidence|`` over the bins
     (Guo et al. 2017).
 
     Parameters

@@ -497,7 +497,7 @@ class HealpixTiling:
     Notes
     -----
     With the challenge grid (``grid_nside=8``, 64 pixels), about 0.04% of the
-    sky (near the poles and at |b| ~ 20-25 deg) lies in no tile and 1.6% only
+    sky (near the poles and at ``|b|`` ~ 20-25 deg) lies in no tile and 1.6% only
     within 3 pixels of a tile edge; ``grid_nside=16`` covers everything with
     at least 2 deg of margin, at 4 times the cost.
     """

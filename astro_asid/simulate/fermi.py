@@ -18,6 +18,7 @@ rendered too, and listed only when inside ``[-0.5, 63.5)``.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from astropy import units as u
@@ -422,8 +423,9 @@ class FermiSkySimulator:
         for b in range(5):
             m = np.bincount(pix.ravel(), weights=(w * counts_band[:, b][None]).ravel(),
                             minlength=npix)
-            beam = _king_beam(self.response.psf_sigma_deg[b], self.response.psf_gamma[b], lmax,
-                              self.response.psf_truncation_deg)
+            beam = _king_beam(float(self.response.psf_sigma_deg[b]),
+                              float(self.response.psf_gamma[b]), lmax,
+                              float(self.response.psf_truncation_deg))
             sm = hp.smoothing(m, beam_window=beam, lmax=lmax, iter=0)
             # Harmonic ringing can go slightly negative far from sources; counts are kept.
             sm = np.clip(sm, 0, None)
@@ -443,15 +445,21 @@ class FermiSkySimulator:
         return counts, truth
 
 
+@lru_cache(maxsize=32)
 def _king_beam(sigma_deg, gamma, lmax, truncation_deg, n_theta=6000):
     """Legendre transform of the truncated King PSF: the beam window ``b_l`` (``b_0 = 1``)."""
-    from scipy.special import eval_legendre
     from .instrument import king_profile
-    rmax = float(truncation_deg)
-    theta = np.linspace(0, np.deg2rad(rmax), n_theta)
+    theta = np.linspace(0, np.deg2rad(float(truncation_deg)), n_theta)
     # Profile per steradian (small-angle King in deg^-2 -> sr^-1) on the sphere.
-    prof = king_profile(np.rad2deg(theta), sigma_deg, gamma) * (180 / np.pi) ** 2
+    wt = king_profile(np.rad2deg(theta), sigma_deg, gamma) * (180 / np.pi) ** 2 * np.sin(theta)
     x = np.cos(theta)
-    wt = prof * np.sin(theta)
-    bl = np.array([np.trapezoid(wt * eval_legendre(ell, x), theta) for ell in range(lmax + 1)])
+    bl = np.empty(lmax + 1)
+    # Bonnet's recurrence for all Legendre polynomials at once.
+    p_prev, p = np.ones_like(x), x.copy()
+    bl[0] = np.trapezoid(wt, theta)
+    if lmax >= 1:
+        bl[1] = np.trapezoid(wt * p, theta)
+    for ell in range(1, lmax):
+        p_prev, p = p, ((2 * ell + 1) * x * p - ell * p_prev) / (ell + 1)
+        bl[ell + 1] = np.trapezoid(wt * p, theta)
     return bl / bl[0]
