@@ -19,7 +19,8 @@ from astropy.wcs.utils import pixel_to_skycoord
 from astro_asid.utils.exceptions import PluginError
 
 __all__ = ["CATALOG_COLUMNS", "DEFAULT_CLASS_NAMES", "validate_candidates", "build_catalog",
-           "empty_catalog", "validate_catalog", "write_catalog", "read_catalog", "to_regions"]
+           "empty_catalog", "validate_catalog", "write_catalog", "read_catalog", "to_regions",
+           "to_gammapy_models"]
 
 #: Required columns and their meaning, in output order.
 CATALOG_COLUMNS = {
@@ -342,3 +343,13 @@ def to_regions(cat, filename=None, radius=None, overwrite=False):
     if filename is not None:
         regions.write(str(filename), format="ds9", overwrite=overwrite)
     return regions
+
+
+def to_gammapy_models(cat, **kwargs):
+    """gammapy ``Models`` (point or Gaussian + power law) for a catalog, ready for ``Fit``.
+
+    See `astro_asid.instruments.ctao.to_gammapy_models` for the options.
+    """
+    from astro_asid.instruments.ctao import to_gammapy_models as _to_models
+
+    return _to_models(cat, **kwargs)

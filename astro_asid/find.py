@@ -88,6 +88,12 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         The detector returned output that breaks the catalog schema; the
         message names the detector and the package it came from.
     """
+    if options.get("nside") is not None:
+        # a bare (n_bands, npix) HEALPix array: only its nside says what it is
+        from astro_asid.instruments.fermi import find_sources_healpix
+
+        return find_sources_healpix(image, detector=detector, mask=mask,
+                                    energy_edges=energy_edges, **options)
     regs = get_registry()
     for name in regs.adapters.names():
         adapter = regs.adapters.get(name)

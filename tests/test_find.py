@@ -136,3 +136,28 @@ def test_starfinder_drop_in(bright_image):
     assert len(finder(data, mask=mask)) == 4
     with pytest.raises(ValueError, match="2-D"):
         finder(np.ones((2, 8, 8)))
+
+
+def test_healpix_array_with_nside_dispatches_to_fermi_adapter():
+    import healpy as hp
+
+    npix = hp.nside2npix(16)
+    cube = np.random.default_rng(0).poisson(2.0, (5, npix)).astype(float)
+    cat = find_sources(cube, nside=16, detector="tsmap", ts_threshold=1e6, tiles=[0, 1])
+    validate_catalog(cat)
+    assert len(cat) == 0 and cat["sky_centroid"].frame.name == "galactic"
+
+
+def test_builtin_adapters_registered():
+    from astro_asid.plugins import get_registry
+
+    assert {"fermi-healpix", "gammapy-map"} <= set(get_registry().adapters.names())
+
+
+def test_catalog_to_gammapy_models(bright_image):
+    from astro_asid.catalog import to_gammapy_models
+
+    data, wcs, _ = bright_image
+    cat = find_sources(data, wcs, detector="peaks")
+    models = to_gammapy_models(cat)
+    assert len(models) == len(cat)

@@ -47,6 +47,16 @@ def test_merge_close_real_pair_seen_in_two_tiles():
     assert n[keep].tolist() == [2, 2]
 
 
+def test_merge_min_separation_floor():
+    lon, lat = [10.0, 10.1, 10.5], [0.0, 0.0, 0.0]
+    keep, into, n = merge.merge_duplicates(lon, lat, [0.5, 0.6, 0.4], [2, 2, 2], radius=0.3)
+    assert keep.all()
+    keep, into, n = merge.merge_duplicates(lon, lat, [0.5, 0.6, 0.4], [2, 2, 2], radius=0.3,
+                                           min_separation=0.2 * u.deg)
+    assert keep.tolist() == [False, True, True] and into.tolist() == [1, 1, 2]
+    assert n.tolist() == [0, 2, 1]
+
+
 def test_merge_wraps_longitude_and_checks_input():
     keep, _, _ = merge.merge_duplicates([359.98, 0.03], [0.0, 0.0], [0.2, 0.3], [0, 1], 0.1)
     assert keep.tolist() == [False, True]
@@ -486,3 +496,8 @@ def test_gammapy_input_errors(toy_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(find_sources_gammapy(ds, detector="tsmap", ts_threshold=1e6)) == 0
+    # a map that is not counts does not default to the counts-only tsmap
+    flux_map = ds.counts.copy(unit="cm-2 s-1 sr-1")
+    cat = find_sources_gammapy(flux_map, psf_sigma_deg=0.07)
+    assert cat.meta["detector"] != "tsmap"
+    assert find_sources_gammapy(ds.counts, psf_sigma_deg=0.07).meta["detector"] == "tsmap"

@@ -314,3 +314,31 @@ def test_toy_simulator_options():
         ToySkySimulator(background_templates=np.ones((2, 5, 8, 8)))
     with pytest.raises(ValueError):
         ToySkySimulator(count_slope=1.0)
+
+
+def test_train_detector_end_to_end_on_toy(tmp_path):
+    """Tiny training run + calibration + export, then the detector loads the result."""
+    from astro_asid.detection.deep import ASIDUNetDetector
+    from astro_asid.training.fermi import train_detector
+
+    written = train_detector("asid-unet", steps=2, batch_size=2, simulator="toy", out=tmp_path,
+                             base_width=4, depth=2, pool_size=8, n_val=4, n_calibration=12,
+                             export=["asid-unet"], val_every=1, log=lambda m: None,
+                             command="test")
+    path = written["asid-unet"]
+    _, card = load_weights(path)
+    assert card["training"]["command"] == "test" and card["dtype"] == "float16"
+    assert "asid-unet" in card["score_calibration"]
+    assert set(card["metrics"]["simulated_heldout"]["asid-unet"]) >= {"recall_at_precision_0.88"}
+    b = ToySkySimulator(seed=9).sample_patches(1)
+    tab = ASIDUNetDetector(weights=path, min_score=0.0).detect_arrays(b.counts)[0]
+    assert tab.meta["model"]["calibrated"] is True
+    # steps=0 re-exports existing weights
+    again = train_detector("asid-unet", steps=0, init_weights=path, simulator="toy",
+                           out=tmp_path / "re", n_calibration=12, export=["asid-unet"],
+                           log=lambda m: None)
+    assert again["asid-unet"].exists()
+    with pytest.raises(ValueError, match="init_weights"):
+        train_detector("asid-unet", steps=0, simulator="toy", out=tmp_path)
+    with pytest.raises(ValueError, match="unknown deep detector"):
+        train_detector("bogus", out=tmp_path)

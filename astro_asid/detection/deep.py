@@ -411,8 +411,10 @@ class UNEKDetector(DeepDetector):
     label_threshold, penalty, radius, k_max : float, float, float, int
         ``l_sth`` = 0.2, ``l_sng`` = -10, ``R`` = 5 px and ``range(1, 50)`` of the paper.
     patience : int or None
-        Stop the scan over k after this many k without improvement
-        (None = the paper's full scan; slower).
+        Stop the scan over k after this many k without improvement of
+        ``S_k``. Default 5; None is the paper's full scan over k = 1..49,
+        which gave identical catalogs on 64 simulated patches while taking
+        ~4.5x longer (1.9 s instead of 0.42 s per patch on the shared CPU).
     **kwargs
         `DeepDetector` options.
     """
@@ -421,7 +423,7 @@ class UNEKDetector(DeepDetector):
     description = "U-Net segmentation + penalised k-means clustering (UNEK)"
 
     def __init__(self, weights=None, min_score=0.1, label_threshold=0.2, penalty=-10.0,
-                 radius=5.0, k_max=50, patience=None, device="cpu", tile_size=64, overlap=16,
+                 radius=5.0, k_max=50, patience=5, device="cpu", tile_size=64, overlap=16,
                  batch_size=64, tta=1):
         super().__init__(weights=weights, min_score=min_score, device=device,
                          tile_size=tile_size, overlap=overlap, batch_size=batch_size,

@@ -163,13 +163,19 @@ def dataset_to_sky_image(dataset, psf_sigma_deg=None, instrument="ctao"):
                             psf_sigma_deg=psf, mask=mask, instrument=instrument)
 
 
-def _default_detector(instrument):
+def _default_detector(instrument, image):
+    """The best registered, usable detector for ``instrument``; ``tsmap`` for other counts."""
+    from astro_asid.config import conf
     from astro_asid.find import _PREFERRED
+    from astro_asid.instruments.fermi import _deep_weights_missing
     from astro_asid.plugins.manager import get_registry
 
+    if conf.default_detector != "auto":
+        return None  # find_sources applies the configured default
+    counts = image.unit is not None and u.Unit(image.unit).is_equivalent(u.ct)
     reg = get_registry().detectors
-    for name in _PREFERRED.get(instrument, ()) + ("tsmap",):
-        if name in reg:
+    for name in _PREFERRED.get(instrument, ()) + (("tsmap",) if counts else ()):
+        if name in reg and not _deep_weights_missing(reg.get(name)):
             return name
     return None
 
@@ -222,8 +228,9 @@ def find_sources_gammapy(obj, detector=None, *, exposure=None, background=None,
         A dataset (counts, masks, background/models, exposure, PSF), or a
         counts map.
     detector : str or `~astro_asid.detection.Detector`, optional
-        Default: the best registered detector for ``instrument``, else
-        ``tsmap``.
+        Default: the best registered detector for ``instrument`` whose weights
+        are installed, else ``tsmap`` for counts (maps in counts or without
+        unit), else `~astro_asid.find_sources`' default.
     exposure, background, psf_sigma_deg, mask
         For a counts map, see `map_to_sky_image`; for a dataset only
         ``psf_sigma_deg`` (overrides the dataset's PSF).
@@ -260,7 +267,7 @@ def find_sources_gammapy(obj, detector=None, *, exposure=None, background=None,
     else:
         raise TypeError(f"expected a gammapy MapDataset or WcsNDMap, not {type(obj).__name__}")
     if detector is None:
-        detector = _default_detector(instrument)
+        detector = _default_detector(instrument, image)
     with _blas_limit(blas_threads):
         cat = find_sources(image, detector=detector, **options)
     cat.meta["input"] = source

@@ -43,6 +43,13 @@ pixel ``h`` is estimated by sampling each tile pixel on an ``s x s`` grid
     the image is blocky at the HEALPix scale, and the Poisson likelihood of
     the tile is wrong (for comparison only).
 
+Measured with ``tsmap`` given the true background on 200 simulated tiles
+(``benchmarks/fermi_allsky.py --oracle --tiles 200:400``): ``split`` and
+``area`` agree (precision 0.864 and 0.863 at TS >= 25, 407 and 408 true
+positives); ``nearest`` inflates TS (precision 0.842, 20% more false
+positives). ``split`` is the default because it alone gives the detectors the
+integer, independent Poisson pixels they model and were trained on.
+
 Exposure and flux
 -----------------
 With an exposure (``cm2 s``, per band and HEALPix pixel, or per band), the
@@ -1069,7 +1076,8 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                          grid_nside=8, tile_npix=64, tile_cdelt=10.0 / 64.0, tiles=None,
                          resample="split", supersample=4, seed=0, psf_sigma_deg=None,
                          spectral_index=2.3,
-                         merge_radius=0.3 * u.deg, overlap_slack=0.5 * u.deg,
+                         merge_radius=0.3 * u.deg, min_separation=0.2 * u.deg,
+                         overlap_slack=0.5 * u.deg,
                          instrument="fermi-lat", blas_threads=1, **detector_options):
     """Find sources in an all-sky HEALPix count cube.
 
@@ -1101,6 +1109,11 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
         Photon index used to turn counts into photon flux.
     merge_radius : `~astropy.units.Quantity`, optional
         Detections of different tiles closer than this are one source.
+    min_separation : `~astropy.units.Quantity` or None, optional
+        Of two catalog sources closer than this (even from one tile), only the
+        better is kept: 0.2 deg is below the LAT's resolution in every band
+        (PSF sigma >= 0.13 deg), so such pairs are double detections of one
+        source. None disables the floor.
     overlap_slack : `~astropy.units.Quantity`, optional
         A detection is kept when its tile is the most central one for its
         position, or less than this much (Chebyshev distance from the tile
@@ -1192,7 +1205,8 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
     sel = {k: v[central] for k, v in cols.items()}
     lon, lat = lon[central], lat[central]
     keep, merged_into, n_merged = merge_duplicates(lon, lat, sel["score"], sel["tile"],
-                                                   radius=merge_radius)
+                                                   radius=merge_radius,
+                                                   min_separation=min_separation)
     sel = {k: v[keep] for k, v in sel.items()}
     sel["n_merged"] = n_merged[keep]
     lon, lat = lon[keep], lat[keep]
@@ -1264,6 +1278,8 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                    "seed": seed if isinstance(seed, (int, type(None))) else repr(seed)},
         "psf_sigma_deg": [float(v) for v in psf_deg],
         "merge_radius_deg": float(u.Quantity(merge_radius, u.deg).value),
+        "min_separation_deg": (None if min_separation is None
+                               else float(u.Quantity(min_separation, u.deg).value)),
         "overlap_slack_deg": float(u.Quantity(overlap_slack, u.deg).value),
         "n_detections_tiles": int(n_raw),
         "n_detections_central": int(central.sum()),

@@ -100,7 +100,31 @@ def _mutual_nearest(pairs, sep, tile):
     return keep
 
 
-def merge_duplicates(lon, lat, score, tile, radius=0.3 * u.deg):
+def _suppress_close(lon, lat, score, keep, merged_into, min_separation):
+    """Drop kept detections closer than ``min_separation`` to a better kept one (any tile)."""
+    idx = np.flatnonzero(keep)
+    pairs, _ = close_pairs(lon[idx], lat[idx], min_separation)
+    if len(pairs) == 0:
+        return
+    pairs = idx[pairs]
+    neighbours = {}
+    for i, j in pairs.tolist():
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    involved = np.array(sorted(neighbours))
+    order = involved[np.lexsort((involved, -score[involved]))]
+    accepted = set()
+    for i in order.tolist():
+        owners = [j for j in neighbours[i] if j in accepted]
+        if owners:
+            keep[i] = False
+            into = max(owners, key=lambda j: (score[j], -j))
+            merged_into[merged_into == i] = into
+        else:
+            accepted.add(i)
+
+
+def merge_duplicates(lon, lat, score, tile, radius=0.3 * u.deg, min_separation=None):
     """Find duplicate detections of overlapping tiles and pick one of each.
 
     Parameters
@@ -115,6 +139,11 @@ def merge_duplicates(lon, lat, score, tile, radius=0.3 * u.deg):
     radius : float or `~astropy.units.Quantity`, optional
         Largest separation of two detections of the same source (degrees
         when a plain number).
+    min_separation : float or `~astropy.units.Quantity`, optional
+        Afterwards, of two kept detections closer than this (from any tiles,
+        also the same one), only the better is kept: a floor below the
+        instrument's resolution against double detections of one source.
+        None (default): no floor.
 
     Returns
     -------
@@ -170,5 +199,7 @@ def merge_duplicates(lon, lat, score, tile, radius=0.3 * u.deg):
                 merged_into[i] = max(owners, key=lambda j: (score[j], -j))
             else:
                 accepted[i] = True
+    if min_separation is not None and n:
+        _suppress_close(lon, lat, score, keep, merged_into, min_separation)
     n_merged = np.bincount(merged_into, minlength=n) * keep
     return keep, merged_into, n_merged

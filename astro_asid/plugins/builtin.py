@@ -22,5 +22,11 @@ def asid_register_detectors(registry):
 
 @hookimpl
 def asid_register_adapters(registry):
-    # instrument adapters (HEALPix all-sky, gammapy maps) register here when they land
-    return None
+    from astro_asid.instruments.fermi import FermiHealpixAdapter
+
+    registry.add(FermiHealpixAdapter())
+    try:
+        from astro_asid.instruments.ctao import GammapyMapAdapter
+    except ImportError:  # gammapy missing: plain images still work
+        return
+    registry.add(GammapyMapAdapter())
