@@ -66,6 +66,33 @@ def test_weights_roundtrip(tmp_path):
     assert torch.allclose(net(x)["seg"], net2(x)["seg"])
 
 
+def test_cards_share_one_weights_file(tmp_path):
+    from astro_asid.nn.io import save_card, weights_path
+    from astro_asid.utils.exceptions import WeightsError
+
+    net = UNet(7, base_width=4, depth=2)
+    save_weights(net, tmp_path / "shared", {"config": net.config})
+    for name in ("a", "b"):
+        card = save_card(tmp_path / f"{name}.json", {"config": net.config, "name": name},
+                         tmp_path / "shared.safetensors")
+        assert card["weights_file"] == "shared.safetensors"
+        assert weights_path(tmp_path / name) == tmp_path / "shared.safetensors"
+        tensors, card = load_weights(tmp_path / name)
+        assert card["name"] == name and set(tensors) == set(net.state_dict())
+    # a card must sit beside its weights
+    other = tmp_path / "sub"
+    other.mkdir()
+    with pytest.raises(ValueError, match="card's folder"):
+        save_card(other / "c.json", {}, tmp_path / "shared.safetensors")
+    # corrupting the shared file is caught through every card
+    raw = bytearray((tmp_path / "shared.safetensors").read_bytes())
+    raw[-1] ^= 0xFF
+    (tmp_path / "shared.safetensors").write_bytes(bytes(raw))
+    for name in ("a", "b"):
+        with pytest.raises(WeightsError, match="corrupt"):
+            load_weights(tmp_path / name)
+
+
 # --- normalisation ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("level", [2.0, 20.0, 200.0])
@@ -342,3 +369,28 @@ def test_train_detector_end_to_end_on_toy(tmp_path):
         train_detector("asid-unet", steps=0, simulator="toy", out=tmp_path)
     with pytest.raises(ValueError, match="unknown deep detector"):
         train_detector("bogus", out=tmp_path)
+
+
+def test_parallel_pool_and_batch_stream_are_deterministic():
+    """The GPU-feeding path: pool simulated on processes, batches from DataLoader workers."""
+    from astro_asid.training.fermi import PatchPool, make_simulator
+    from astro_asid.training.parallel import BatchStream, simulate_pool_data
+
+    one = simulate_pool_data(10, simulator="toy", seed=3, workers=1)
+    two = simulate_pool_data(10, simulator="toy", seed=3, workers=2)
+    assert one[0].shape[0] == 10 and len(one[2]) == 10
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    assert all(np.array_equal(a, b) for a, b in zip(one[2], two[2]))
+    other = simulate_pool_data(10, simulator="toy", seed=4, workers=1)
+    assert not np.array_equal(one[0], other[0])
+
+    pool = PatchPool(make_simulator(simulator="toy"), data=one)
+    assert pool.size == 10
+    first = [BatchStream(pool, 3, seed=5, workers=w)(None, 3) for w in (0, 2, 2)]
+    x, t = first[1]
+    assert x.shape == (3, 7, 64, 64) and t["seg"].shape == (3, 1, 64, 64)
+    # the same seed and worker count give the same batches
+    assert torch.equal(first[1][0], first[2][0])
+    with pytest.raises(ValueError, match="batches of 3"):
+        BatchStream(pool, 3, workers=0)(None, 4)

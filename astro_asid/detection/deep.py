@@ -48,7 +48,7 @@ from astro_asid.detection.base import Detector
 from astro_asid.detection.decoders import (ScoreCalibration, centroid_votes,
                                            direction_convergence, kmeans_penalised, log_peaks,
                                            refine_positions)
-from astro_asid.nn.io import load_weights, shipped_model_path
+from astro_asid.nn.io import load_weights, shipped_model_path, weights_path
 from astro_asid.nn.normalize import model_input
 from astro_asid.nn.unet import build_unet
 from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
@@ -78,12 +78,14 @@ def load_model(path, device="cpu"):
     path = Path(path)
     if path.suffix in (".safetensors", ".json"):
         path = path.with_suffix("")
-    wfile = path.with_suffix(".safetensors")
     try:
-        st = wfile.stat()
-        key = (str(wfile.resolve()), st.st_mtime_ns, st.st_size, str(device))
-    except OSError:
-        key = None
+        wfile = weights_path(path)
+        cfile = path.with_suffix(".json")
+        st, sc = wfile.stat(), cfile.stat()
+        key = (str(cfile.resolve()), sc.st_mtime_ns, str(wfile.resolve()), st.st_mtime_ns,
+               st.st_size, str(device))
+    except (OSError, WeightsError):
+        wfile, key = path.with_suffix(".safetensors"), None
     with _CACHE_LOCK:
         if key is not None and key in _CACHE:
             return _CACHE[key]

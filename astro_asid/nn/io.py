@@ -5,6 +5,11 @@ pickle) and ``NAME.json`` (the card: architecture and config, training
 command and data recipe, metrics, and the sha256 of the weights file). The
 loader checks the hash before it reads a single tensor, and rebuilds the
 network from code using the card's config.
+
+Several cards may share one weights file (the four Fermi-LAT detectors are
+decoders of one network): a card's ``weights_file`` names the file, relative
+to the card's folder; without it (or when that file is missing) the weights
+are ``NAME.safetensors`` next to the card.
 """
 
 import hashlib
@@ -14,7 +19,8 @@ from pathlib import Path
 
 from astro_asid.utils.exceptions import WeightsError
 
-__all__ = ["sha256_file", "save_weights", "load_weights", "read_card", "shipped_model_path"]
+__all__ = ["sha256_file", "save_weights", "save_card", "load_weights", "read_card",
+           "weights_path", "shipped_model_path"]
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -72,6 +78,39 @@ def save_weights(tensors, path, card):
     return card
 
 
+def save_card(path, card, weights_file):
+    """Write a card ``path`` (``.json``) for an existing weights file.
+
+    ``weights_file`` is stored relative to the card's folder (it must lie in
+    that folder) with its sha256, so several cards can share one file.
+
+    Returns
+    -------
+    card : dict
+        The card as written.
+    """
+    _, cpath = _paths(path)
+    weights_file = Path(weights_file)
+    if weights_file.resolve().parent != cpath.resolve().parent:
+        raise ValueError(f"weights file {weights_file} must be in the card's folder {cpath.parent}")
+    card = dict(card)
+    card["weights_file"] = weights_file.name
+    card["sha256"] = sha256_file(weights_file)
+    cpath.write_text(json.dumps(card, indent=2, sort_keys=True, default=str) + "\n")
+    return card
+
+
+def weights_path(path, card=None):
+    """The weights file of the model ``path`` (its card's ``weights_file``, else
+    ``NAME.safetensors``)."""
+    wpath, cpath = _paths(path)
+    card = read_card(path) if card is None and cpath.exists() else (card or {})
+    named = card.get("weights_file")
+    if named and Path(named).name == named and (cpath.parent / named).exists():
+        return cpath.parent / named
+    return wpath
+
+
 def read_card(path):
     """Read the JSON model card next to a weights file."""
     _, cpath = _paths(path)
@@ -101,10 +140,10 @@ def load_weights(path, check_hash=True):
     """
     from safetensors.torch import load_file
 
-    wpath, _ = _paths(path)
+    card = read_card(path)
+    wpath = weights_path(path, card)
     if not wpath.exists():
         raise WeightsError(f"weights file {wpath} not found")
-    card = read_card(path)
     if check_hash:
         digest = sha256_file(wpath)
         if digest != card.get("sha256"):

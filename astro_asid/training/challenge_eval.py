@@ -43,7 +43,8 @@ def _metrics(pred, truth, ch):
     return res
 
 
-def evaluate_on_challenge(detector, seeds=(0,), first_patches=(64, 0), path=None, log=print):
+def evaluate_on_challenge(detector, seeds=(0,), first_patches=(64, 0), path=None, log=print,
+                          astrometry="readme"):
     """Recall at fixed precision, position errors and timing on the data challenge.
 
     Parameters
@@ -57,6 +58,10 @@ def evaluate_on_challenge(detector, seeds=(0,), first_patches=(64, 0), path=None
         range; 0: all). The detector runs once per seed on the widest range.
     path : str, optional
         Challenge directory (see `astro_asid.evaluate.challenge.find_challenge_dir`).
+    astrometry : {"readme", "calibrated"}
+        Pixel -> sky with the README's WCS, or with the WCS corrected by the
+        template offset measured on patches 0-63
+        (`~astro_asid.evaluate.challenge.measure_template_offset`).
 
     Returns
     -------
@@ -69,6 +74,12 @@ def evaluate_on_challenge(detector, seeds=(0,), first_patches=(64, 0), path=None
     first_patches = [int(f) for f in np.atleast_1d(first_patches)]
     idx = np.arange(min(first_patches), data.n_patches)
     expected = data.expected
+    if astrometry not in ("readme", "calibrated"):
+        raise ValueError(f"astrometry must be 'readme' or 'calibrated', not {astrometry!r}")
+    dx = dy = 0.0
+    if astrometry == "calibrated":
+        dx, dy, n = ch.measure_template_offset(data)
+        log(f"template offset on patches 0-63: dx {dx:+.3f} dy {dy:+.3f} px ({n} sources)")
     per_seed = {f: [] for f in first_patches}
     for seed in seeds:
         counts = ch.poisson_draw(expected, seed=seed)[idx]
@@ -80,8 +91,8 @@ def evaluate_on_challenge(detector, seeds=(0,), first_patches=(64, 0), path=None
             if len(tab) == 0:
                 continue
             lon, lat = ch.patch_pixel_to_sky(data.patch_lon[i], data.patch_lat[i],
-                                             np.asarray(tab["x_centroid"]),
-                                             np.asarray(tab["y_centroid"]))
+                                             np.asarray(tab["x_centroid"]) - dx,
+                                             np.asarray(tab["y_centroid"]) - dy)
             rows.append(Table({"patch": np.full(len(tab), i), "lon": lon, "lat": lat,
                                "score": np.asarray(tab["score"])}))
         pred = vstack(rows) if rows else Table(names=("patch", "lon", "lat", "score"))
@@ -95,7 +106,7 @@ def evaluate_on_challenge(detector, seeds=(0,), first_patches=(64, 0), path=None
     for f, rs in per_seed.items():
         keys = [k for k in rs[0] if k != "seed"]
         out[f"{f}-767"] = {
-            "per_seed": rs, "seeds": list(map(int, seeds)),
+            "per_seed": rs, "seeds": list(map(int, seeds)), "astrometry": astrometry,
             "summary": {k: {"mean": float(np.mean([r.get(k, np.nan) for r in rs])),
                             "std": float(np.std([r.get(k, np.nan) for r in rs]))} for k in keys}}
     return out
@@ -115,6 +126,11 @@ def main(argv=None):
     p.add_argument("--detector-option", action="append", default=[],
                    help="NAME=VALUE passed to the detector (repeatable)")
     p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--astrometry", choices=["readme", "calibrated"], default="readme",
+                   help="pixel -> sky: the README's WCS, or corrected by the template offset "
+                        "measured on patches 0-63")
+    p.add_argument("--update-card", action="store_true",
+                   help="store the result in the model card (metrics.data_challenge_catalog400)")
     a = p.parse_args(argv)
     if a.threads:
         import torch
@@ -124,13 +140,34 @@ def main(argv=None):
         k, v = kv.split("=", 1)
         opts[k] = json.loads(v)
     det = classes[a.detector](weights=a.weights, min_score=0.0, **opts)
-    res = evaluate_on_challenge(det, a.seeds, a.first_patch, a.path)
+    res = evaluate_on_challenge(det, a.seeds, a.first_patch, a.path, astrometry=a.astrometry)
     for k, v in res.items():
         print(k, json.dumps({kk: round(vv["mean"], 4) for kk, vv in v["summary"].items()}))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)
+    if a.update_card:
+        _update_card(det, res, opts)
     return 0
+
+
+def _update_card(det, res, options):
+    """Write the challenge result into the detector's card (same weights file)."""
+    from astro_asid.nn.io import read_card, save_card, weights_path
+
+    path = det._weights_path()
+    card = read_card(path)
+    wfile = weights_path(path, card)
+    card = {k: v for k, v in card.items() if k not in ("sha256", "weights_file")}
+    key = "data_challenge_catalog400"
+    if any(v.get("astrometry") == "calibrated" for v in res.values()):
+        key += "_calibrated_astrometry"
+    card.setdefault("metrics", {})[key] = dict(
+        res, detector_options=options,
+        note="Poisson draws of the public expected counts; never used for training or "
+             "score calibration; astrometry 'readme' = the README's WCS (CRPIX 32.75), "
+             "'calibrated' = corrected by the template offset measured on patches 0-63")
+    save_card(path.with_suffix(".json"), card, wfile)
 
 
 if __name__ == "__main__":

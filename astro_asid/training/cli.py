@@ -38,6 +38,9 @@ def add_arguments(parser):
     parser.add_argument("--n-calibration", type=int, default=384)
     parser.add_argument("--val-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that simulate the pool and make batches (0 = none; "
+                             "use ~the number of CPU cores with a GPU)")
     parser.add_argument("--spectral-tilt", type=float, default=0.0,
                         help="spectral-tilt augmentation of the sources (0 = off)")
     parser.add_argument("--init-weights", default=None,
@@ -64,7 +67,7 @@ def run(args):
                    n_val=args.n_val, n_calibration=args.n_calibration, export=args.export,
                    threads=args.threads, val_every=args.val_every,
                    init_weights=args.init_weights, command=command,
-                   spectral_tilt=args.spectral_tilt)
+                   spectral_tilt=args.spectral_tilt, workers=args.workers)
     return 0
 
 

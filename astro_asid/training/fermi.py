@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from astro_asid.nn.io import save_weights
 from astro_asid.nn.normalize import model_input_torch
 from astro_asid.nn.targets import make_targets
 from astro_asid.nn.unet import UNet
@@ -123,13 +122,18 @@ class PatchPool:
         ``exp(t * (b - 2) / 2)`` with ``t`` uniform in ``+-spectral_tilt``:
         robustness to a simulator whose source spectra are somewhat too soft
         or too hard (0 = off).
+    data : tuple, optional
+        Pre-simulated pool content (`PatchPool.draw`'s output, e.g. from
+        `astro_asid.training.parallel.simulate_pool_data`); ``size`` is then
+        its length and the simulator is only used by `refresh`.
     """
 
     def __init__(self, simulator, size=512, exposure_range=(0.3, 3.0),
                  background_range=(0.5, 2.0), sum_only_fraction=0.15, min_significance=1.0,
-                 psf_sigma=FERMI_PSF_SIGMA_PX, radius=2.5, vector_radius=5.0, spectral_tilt=0.0):
+                 psf_sigma=FERMI_PSF_SIGMA_PX, radius=2.5, vector_radius=5.0, spectral_tilt=0.0,
+                 data=None):
         self.sim = simulator
-        self.size = int(size)
+        self.size = int(size) if data is None else len(data[0])
         self.exposure_range = tuple(exposure_range)
         self.background_range = tuple(background_range)
         self.sum_only_fraction = float(sum_only_fraction)
@@ -139,12 +143,22 @@ class PatchPool:
         self.vector_radius = float(vector_radius)
         self.spectral_tilt = float(spectral_tilt)
         self.sim_time = 0.0
-        self._append(self.size)
+        if data is None:
+            self._append(self.size)
+        else:
+            self.src, self.bg, self.xy, self.cb, self.flux = data
 
     def _draw(self, n):
         t = time.time()
-        b = self.sim.sample_patches(n)
+        out = self.draw(self.sim, n)
         self.sim_time += time.time() - t
+        return out
+
+    @staticmethod
+    def draw(simulator, n):
+        """Simulate ``n`` patches as pool content: source and background maps,
+        positions, band counts and fluxes."""
+        b = simulator.sample_patches(n)
         bg = np.asarray(b.background, np.float32)
         src = np.clip(np.asarray(b.expected, np.float32) - bg, 0, None)
         xy = [np.column_stack([np.asarray(s["x"], float), np.asarray(s["y"], float)])
@@ -330,7 +344,8 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
                    seed=0, out="asid-training", background="b1", device="auto",
                    simulator="auto", base_width=16, depth=3, pool_size=512, refresh_per_step=2,
                    n_val=192, n_calibration=384, export=None, threads=None, log=None,
-                   val_every=200, command=None, init_weights=None, spectral_tilt=0.0):
+                   val_every=200, command=None, init_weights=None, spectral_tilt=0.0,
+                   workers=0):
     """Train the multi-head U-Net and write weights + model cards.
 
     Parameters
@@ -370,11 +385,16 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
         the card must describe the same U-Net configuration.
     spectral_tilt : float
         Spectral-tilt augmentation of the sources (see `PatchPool`).
+    workers : int
+        0: simulate the pool and make batches in this process, replacing
+        ``refresh_per_step`` pool patches per step. N > 0: simulate the pool on
+        N processes and make batches on N DataLoader workers (no refresh; use a
+        large ``pool_size``), which keeps a GPU fed. Results depend on N.
 
     Returns
     -------
     dict
-        Name -> path of the written weights.
+        Name -> path of the written card (its weights are named in it).
     """
     if name not in DETECTOR_NAMES:
         raise ValueError(f"unknown deep detector {name!r}; choose from {DETECTOR_NAMES}")
@@ -399,7 +419,18 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
     sim_kind = type(sim).__name__
     log(f"training {name} ({', '.join(export)}) on {sim_kind}, device {dev}, "
         f"{steps} steps x {batch_size}")
-    pool = PatchPool(sim, size=pool_size, spectral_tilt=spectral_tilt)
+    if workers > 0:
+        from astro_asid.training.parallel import BatchStream, simulate_pool_data
+
+        t_sim = time.time()
+        data = simulate_pool_data(pool_size, instrument, background, simulator, seed, workers)
+        pool = PatchPool(sim, spectral_tilt=spectral_tilt, data=data)
+        pool.sim_time = time.time() - t_sim
+        log(f"simulated a pool of {pool.size} patches on {workers} processes in "
+            f"{pool.sim_time:.0f} s")
+        refresh_per_step = 0
+    else:
+        pool = PatchPool(sim, size=pool_size, spectral_tilt=spectral_tilt)
     # held-out data from independent simulator seeds
     val_pool = PatchPool(make_simulator(instrument, background, seed + 1_000_003, simulator),
                          size=n_val)
@@ -423,6 +454,9 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
         pool.refresh(rng, refresh_per_step)
         return pool.make_batch(rng, n)
 
+    if workers > 0:
+        make_batch = BatchStream(pool, batch_size, seed=seed, workers=workers)
+
     if command is None:
         command = " ".join(shlex.quote(a) for a in sys.argv)
     recipe = {
@@ -431,7 +465,7 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
         "background_scale": {"distribution": "log-uniform", "range": list(pool.background_range)},
         "augmentation": "Poisson re-draw of pooled expected maps, random flips and 90 deg "
                         "rotations",
-        "pool_size": pool_size, "refresh_per_step": refresh_per_step,
+        "pool_size": pool_size, "refresh_per_step": refresh_per_step, "workers": workers,
         "sum_only_fraction": pool.sum_only_fraction, "spectral_tilt": pool.spectral_tilt,
         "target_min_significance": pool.min_significance,
         "targets": {"seg": "disk R=2.5 px", "offset": "(dx, dy) to nearest centre within 5 px",
@@ -474,13 +508,14 @@ def export_detectors(weights, out, names=DETECTOR_NAMES, instrument="fermi-lat",
     independent simulated patches at nominal exposure and background; each
     decoder gets its isotonic score calibration, its position sigma and its
     metrics, plus a robustness check of ``asid-unet`` at exposure x0.3, x3 and
-    background x0.5, x2. Writes ``out/<name>.safetensors`` (float16) and
-    ``out/<name>.json`` for every name.
+    background x0.5, x2. Writes the weights once, as
+    ``out/<instrument>-unet.safetensors`` (float16), and a card
+    ``out/<name>.json`` pointing to them for every name.
 
     Returns
     -------
     dict
-        Name -> path of the written weights.
+        Name -> path of the written card.
     """
     from astro_asid.nn.io import load_weights
 
@@ -508,6 +543,13 @@ def export_detectors(weights, out, names=DETECTOR_NAMES, instrument="fermi-lat",
     # half precision halves the shipped size; inference casts back to float32
     tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
     extra = dict(extra_card or {})
+    from safetensors.torch import save_file
+
+    from astro_asid.nn.io import save_card
+
+    # one weights file for all the decoders; each detector gets its own card
+    shared = out / f"{instrument}-unet.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(shared))
     written = {}
     for det_name in names:
         card = {k: v for k, v in ck_card.items() if k not in ("sha256", "weights_file")}
@@ -526,7 +568,7 @@ def export_detectors(weights, out, names=DETECTOR_NAMES, instrument="fermi-lat",
                                "exposure 1, background x1; scores calibrated on the same set",
             "simulated_heldout": metrics, "robustness": robust})
         card.update({k: v for k, v in extra.items() if k != "metrics"})
-        save_weights(tensors, out / det_name, card)
-        written[det_name] = out / f"{det_name}.safetensors"
-        log(f"wrote {written[det_name]}")
+        save_card(out / f"{det_name}.json", card, shared)
+        written[det_name] = out / f"{det_name}.json"
+        log(f"wrote {written[det_name]} (weights {shared.name})")
     return written
