@@ -54,7 +54,8 @@ from astro_asid.nn.unet import build_unet
 from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
 
 __all__ = ["DeepDetector", "ASIDUNetDetector", "UNEKDetector", "CentroidNetDetector",
-           "CeDiRNetDetector", "DEEP_DETECTORS", "load_model", "clear_model_cache"]
+           "CeDiRNetDetector", "ASIDCTAODetector", "DEEP_DETECTORS", "OTHER_DEEP_DETECTORS",
+           "load_model", "clear_model_cache"]
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
@@ -506,5 +507,31 @@ class CeDiRNetDetector(DeepDetector):
                                      threshold=self.threshold)
 
 
-#: The deep detectors, for the built-in plugin registration.
+class ASIDCTAODetector(ASIDUNetDetector):
+    """U-Net + LoG peaks for CTAO Galactic-plane-survey maps (0.02 deg pixels).
+
+    The same decoder as `ASIDUNetDetector`, with a network trained on
+    `astro_asid.simulate.ctao.CTAOSkySimulator` patches: three bands
+    (0.07-0.788, 0.788-8.88, 8.88-100 TeV), point-like and extended
+    (Gaussian, up to 0.5 deg) sources. Images larger than ``tile_size``
+    (128 px) are tiled with overlap. Takes the same options.
+    """
+
+    name = "asid-ctao"
+    description = "U-Net + LoG peaks for CTAO survey maps (0.02 deg pixels, 3 bands)"
+    instruments = ("ctao",)
+
+    def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
+                 peak_threshold=0.02, score="log", refine="offset", device="cpu", tile_size=128,
+                 overlap=32, batch_size=32, tta=1):
+        super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
+                         peak_threshold=peak_threshold, score=score, refine=refine,
+                         device=device, tile_size=tile_size, overlap=overlap,
+                         batch_size=batch_size, tta=tta)
+
+
+#: The deep Fermi-LAT detectors (one shared network), for the built-in plugin registration.
 DEEP_DETECTORS = [ASIDUNetDetector, UNEKDetector, CentroidNetDetector, CeDiRNetDetector]
+
+#: Deep detectors of other instruments, registered when their weights ship.
+OTHER_DEEP_DETECTORS = [ASIDCTAODetector]

@@ -13,11 +13,17 @@ def asid_register_detectors(registry):
     for cls in CLASSICAL_DETECTORS:
         registry.add(cls)
     try:
-        from astro_asid.detection.deep import DEEP_DETECTORS
+        from astro_asid.detection.deep import DEEP_DETECTORS, OTHER_DEEP_DETECTORS
     except ImportError:  # torch missing: classical detectors still work
-        DEEP_DETECTORS = []
+        return
     for cls in DEEP_DETECTORS:
         registry.add(cls)
+    from astro_asid.nn.io import shipped_model_path
+
+    # detectors whose weights are not (yet) shipped are not offered
+    for cls in OTHER_DEEP_DETECTORS:
+        if shipped_model_path(cls.name).with_suffix(".json").exists():
+            registry.add(cls)
 
 
 @hookimpl

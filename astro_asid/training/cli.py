@@ -17,11 +17,12 @@ HELP = "train a deep detector on simulated data (writes weights + model cards)"
 
 def add_arguments(parser):
     """Add the ``asid train`` options to an `argparse.ArgumentParser`."""
-    from astro_asid.training.fermi import DETECTOR_NAMES
+    from astro_asid.training.fermi import CTAO_DETECTOR_NAMES, DETECTOR_NAMES
 
-    parser.add_argument("detector", choices=DETECTOR_NAMES,
-                        help="detector to train (all four share one multi-head U-Net)")
-    parser.add_argument("--instrument", default="fermi-lat", choices=["fermi-lat"])
+    parser.add_argument("detector", choices=DETECTOR_NAMES + CTAO_DETECTOR_NAMES,
+                        help="detector to train (the four Fermi-LAT ones share one "
+                             "multi-head U-Net; asid-ctao needs --instrument ctao)")
+    parser.add_argument("--instrument", default="fermi-lat", choices=["fermi-lat", "ctao"])
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")

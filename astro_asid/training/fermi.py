@@ -50,6 +50,32 @@ DETECTOR_NAMES = ("asid-unet", "unek", "centroidnet", "cedirnet")
 FERMI_ENERGY_EDGES_GEV = [0.5, 1.0, 2.0, 7.0, 20.0, 200.0]
 PIXEL_SCALE_DEG = 10.0 / 64.0
 
+#: CTAO: the detector, training patch size and source density factor of the
+#: simulator (denser than the survey so each 128 px patch holds a few sources;
+#: the scores are calibrated at the survey's density)
+CTAO_DETECTOR_NAMES = ("asid-ctao",)
+CTAO_TRAIN_NPIX = 128
+CTAO_TRAIN_DENSITY = 3.0
+
+
+def instrument_spec(instrument):
+    """Energy edges (GeV), pixel scale (deg), PSF sigma per band (px), detectors and
+    calibration matching radius (px) of an instrument the U-Nets are trained for."""
+    if instrument == "fermi-lat":
+        return {"energy_edges_gev": FERMI_ENERGY_EDGES_GEV, "pixel_scale_deg": PIXEL_SCALE_DEG,
+                "psf_sigma_px": FERMI_PSF_SIGMA_PX, "detectors": DETECTOR_NAMES,
+                "match_radius_px": MATCH_RADIUS_PX, "position_goal_deg": 0.15}
+    if instrument == "ctao":
+        from astro_asid.simulate.ctao import CTAO_ENERGY_EDGES_TEV, CTAO_PIXEL_DEG, CTAOResponse
+
+        return {"energy_edges_gev": [float(e) * 1e3 for e in CTAO_ENERGY_EDGES_TEV],
+                "pixel_scale_deg": CTAO_PIXEL_DEG,
+                "psf_sigma_px": CTAOResponse().psf_sigma_deg / CTAO_PIXEL_DEG,
+                "detectors": CTAO_DETECTOR_NAMES,
+                # 0.15 deg: beyond the PSF, within the typical extended-source size
+                "match_radius_px": 0.15 / CTAO_PIXEL_DEG, "position_goal_deg": 0.05}
+    raise ValueError(f"instrument must be 'fermi-lat' or 'ctao', not {instrument!r}")
+
 
 def _toy_b1(seed):
     """Toy sources (two-Gaussian LAT PSF, power-law spectra) on a 50/50 mix of smooth random
@@ -71,8 +97,14 @@ SIMULATORS = ("auto", "fermi", "toy", "toy-b1")
 def make_simulator(instrument="fermi-lat", background="b1", seed=0, simulator="auto"):
     """The patch simulator: ``"fermi"`` (astro_asid.simulate), ``"toy"``, ``"toy-b1"``
     (toy sources on the challenge's B1 background of patches 0-63), or ``"auto"``."""
+    if instrument == "ctao":
+        from astro_asid.simulate.ctao import CTAOSkySimulator
+
+        density = CTAO_TRAIN_DENSITY if simulator != "ctao-calibration" else 1.0
+        return CTAOSkySimulator(seed=seed, npix=CTAO_TRAIN_NPIX, random_centres=True,
+                                density=density)
     if instrument != "fermi-lat":
-        raise ValueError(f"only instrument='fermi-lat' can be trained here, not {instrument!r}")
+        raise ValueError(f"instrument must be 'fermi-lat' or 'ctao', not {instrument!r}")
     if simulator not in SIMULATORS:
         raise ValueError(f"simulator must be one of {SIMULATORS}, not {simulator!r}")
     if simulator == "toy":
@@ -90,10 +122,14 @@ def make_simulator(instrument="fermi-lat", background="b1", seed=0, simulator="a
     return FermiSkySimulator(background=background, seed=seed)
 
 
-def _significance(counts_band, bg_at_src, psf_sigma):
+def _significance(counts_band, bg_at_src, psf_sigma, ext_sigma=None):
     s = np.asarray(counts_band, float)
     beta = np.asarray(bg_at_src, float)
-    area = 4 * np.pi * np.asarray(psf_sigma, float) ** 2
+    sig2 = np.asarray(psf_sigma, float) ** 2
+    if ext_sigma is not None:
+        # a Gaussian source spreads over the PSF convolved with its own width
+        sig2 = sig2 + np.asarray(ext_sigma, float)[:, None] ** 2
+    area = 4 * np.pi * sig2
     with np.errstate(invalid="ignore", divide="ignore"):
         z2 = np.where(s > 0, s ** 2 / (s + area * beta), 0.0)
     return np.sqrt(z2.sum(axis=-1))
@@ -146,7 +182,7 @@ class PatchPool:
         if data is None:
             self._append(self.size)
         else:
-            self.src, self.bg, self.xy, self.cb, self.flux = data
+            self.src, self.bg, self.xy, self.cb, self.flux, self.ext = data
 
     def _draw(self, n):
         t = time.time()
@@ -164,21 +200,28 @@ class PatchPool:
         xy = [np.column_stack([np.asarray(s["x"], float), np.asarray(s["y"], float)])
               for s in b.sources]
         cb = [np.asarray(s["counts_band"], float).reshape(len(s), -1) for s in b.sources]
-        flux = [np.asarray(s["flux_1000"], float) for s in b.sources]
-        return src, bg, xy, cb, flux
+        # brightness for matching (Fermi: flux 1-100 GeV; CTAO: flux above 1 TeV) and
+        # the Gaussian width of extended sources in pixels (0: point-like)
+        flux = [np.asarray(s["flux_1000"] if "flux_1000" in s.colnames else s["flux_1tev"],
+                           float) for s in b.sources]
+        scale = getattr(simulator, "cdelt", None)
+        ext = [np.asarray(s["sigma_deg"], float) / scale
+               if "sigma_deg" in s.colnames and scale else np.zeros(len(s))
+               for s in b.sources]
+        return src, bg, xy, cb, flux, ext
 
     def _append(self, n):
-        self.src, self.bg, self.xy, self.cb, self.flux = self._draw(n)
+        self.src, self.bg, self.xy, self.cb, self.flux, self.ext = self._draw(n)
 
     def refresh(self, rng, n):
         """Replace ``n`` random pool patches by new simulated ones."""
         if n <= 0:
             return
-        src, bg, xy, cb, flux = self._draw(n)
+        src, bg, xy, cb, flux, ext = self._draw(n)
         idx = rng.choice(self.size, size=n, replace=False)
         for j, i in enumerate(idx):
             self.src[i], self.bg[i] = src[j], bg[j]
-            self.xy[i], self.cb[i], self.flux[i] = xy[j], cb[j], flux[j]
+            self.xy[i], self.cb[i], self.flux[i], self.ext[i] = xy[j], cb[j], flux[j], ext[j]
 
     @staticmethod
     def _transform(maps, xy, k, flip, shape):
@@ -216,7 +259,8 @@ class PatchPool:
             if len(xy):
                 r = np.clip(np.rint(xy[:, 1]).astype(int), 0, shape[0] - 1)
                 c = np.clip(np.rint(xy[:, 0]).astype(int), 0, shape[1] - 1)
-                z = _significance(e[j] * self.cb[i] * tilt, e[j] * bg[:, r, c].T, self.psf_sigma)
+                z = _significance(e[j] * self.cb[i] * tilt, e[j] * bg[:, r, c].T, self.psf_sigma,
+                                  self.ext[i])
                 xy = xy[z >= self.min_significance]
             if augment:
                 lam, xy = self._transform(lam, xy, int(rng.integers(4)), bool(rng.integers(2)),
@@ -257,11 +301,12 @@ def multihead_loss(out, t, w_offset=0.1, w_direction=0.5):
 
 
 def _detector_classes():
-    from astro_asid.detection.deep import DEEP_DETECTORS
-    return {c.name: c for c in DEEP_DETECTORS}
+    from astro_asid.detection.deep import DEEP_DETECTORS, OTHER_DEEP_DETECTORS
+    return {c.name: c for c in DEEP_DETECTORS + OTHER_DEEP_DETECTORS}
 
 
-def calibrate_and_evaluate(weights, batch, names=DETECTOR_NAMES, log=print, **det_options):
+def calibrate_and_evaluate(weights, batch, names=DETECTOR_NAMES, log=print,
+                           instrument="fermi-lat", **det_options):
     """Fit each decoder's score calibration on a simulated set and measure it.
 
     Parameters
@@ -273,6 +318,8 @@ def calibrate_and_evaluate(weights, batch, names=DETECTOR_NAMES, log=print, **de
         ``flux_1000``).
     names : sequence of str
         Detectors to calibrate.
+    instrument : str
+        Sets the matching radius and the position goal (`instrument_spec`).
 
     Returns
     -------
@@ -283,6 +330,8 @@ def calibrate_and_evaluate(weights, batch, names=DETECTOR_NAMES, log=print, **de
     from astro_asid.detection.decoders import ScoreCalibration
 
     classes = _detector_classes()
+    spec = instrument_spec(instrument)
+    goal = spec["position_goal_deg"]
     cal, metrics, sigmas = {}, {}, {}
     n_true = sum(len(s) for s in batch.sources)
     for name in names:
@@ -293,7 +342,8 @@ def calibrate_and_evaluate(weights, batch, names=DETECTOR_NAMES, log=print, **de
         raw, tp, dist = [], [], []
         for tab, src in zip(tables, batch.sources):
             is_tp, m = match_detections(tab["x_centroid"], tab["y_centroid"], tab["raw_score"],
-                                        src["x"], src["y"], src["flux_1000"], MATCH_RADIUS_PX)
+                                        src["x"], src["y"], src["flux_1000"],
+                                        spec["match_radius_px"])
             raw.append(np.asarray(tab["raw_score"]))
             tp.append(is_tp)
             ok = m >= 0
@@ -316,7 +366,8 @@ def calibrate_and_evaluate(weights, batch, names=DETECTOR_NAMES, log=print, **de
         if len(d88):
             res["tp_offset_median_px"] = float(np.median(d88))
             res["tp_offset_68_px"] = float(np.quantile(d88, 0.68))
-            res["tp_fraction_within_0.15deg"] = float(np.mean(d88 <= 0.15 / PIXEL_SCALE_DEG))
+            res[f"tp_fraction_within_{goal}deg"] = float(
+                np.mean(d88 <= goal / spec["pixel_scale_deg"]))
             # 2-D Gaussian: r68 = 1.515 sigma
             sigmas[name] = float(np.quantile(d88, 0.68) / 1.515)
         cal[name] = c.to_dict()
@@ -396,9 +447,14 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
     dict
         Name -> path of the written card (its weights are named in it).
     """
-    if name not in DETECTOR_NAMES:
-        raise ValueError(f"unknown deep detector {name!r}; choose from {DETECTOR_NAMES}")
-    export = tuple(DETECTOR_NAMES if export is None else export)
+    known = DETECTOR_NAMES + CTAO_DETECTOR_NAMES
+    if name not in known:
+        raise ValueError(f"unknown deep detector {name!r}; choose from {known}")
+    spec = instrument_spec(instrument)
+    if name not in spec["detectors"]:
+        raise ValueError(f"{name} is not a detector of instrument {instrument!r} "
+                         f"(its detectors: {spec['detectors']})")
+    export = tuple(spec["detectors"] if export is None else export)
     log = log or (lambda msg: print(msg, flush=True))
     if int(steps) == 0:
         # no training: calibrate and export existing weights
@@ -424,19 +480,22 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
 
         t_sim = time.time()
         data = simulate_pool_data(pool_size, instrument, background, simulator, seed, workers)
-        pool = PatchPool(sim, spectral_tilt=spectral_tilt, data=data)
+        pool = PatchPool(sim, spectral_tilt=spectral_tilt, data=data,
+                         psf_sigma=spec["psf_sigma_px"])
         pool.sim_time = time.time() - t_sim
         log(f"simulated a pool of {pool.size} patches on {workers} processes in "
             f"{pool.sim_time:.0f} s")
         refresh_per_step = 0
     else:
-        pool = PatchPool(sim, size=pool_size, spectral_tilt=spectral_tilt)
+        pool = PatchPool(sim, size=pool_size, spectral_tilt=spectral_tilt,
+                         psf_sigma=spec["psf_sigma_px"])
     # held-out data from independent simulator seeds
     val_pool = PatchPool(make_simulator(instrument, background, seed + 1_000_003, simulator),
-                         size=n_val)
+                         size=n_val, psf_sigma=spec["psf_sigma_px"])
     val_rng = np.random.default_rng(seed + 17)
     val_data = val_pool.examples(val_rng, np.arange(n_val), augment=False)
-    model = UNet(in_channels=len(FERMI_ENERGY_EDGES_GEV) - 1 + 2, base_width=base_width,
+    n_bands = len(spec["energy_edges_gev"]) - 1
+    model = UNet(in_channels=n_bands + 2, base_width=base_width,
                  depth=depth)
     log(f"U-Net {model.config} with {model.n_parameters()} parameters")
     if init_weights is not None:
@@ -473,8 +532,8 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
         "loss": "BCE(seg) + 0.1 smoothL1(offset) + 0.5 MSE(direction)",
     }
     base_card = {
-        "architecture": "unet", "n_bands": 5, "energy_edges_gev": FERMI_ENERGY_EDGES_GEV,
-        "pixel_scale_deg": PIXEL_SCALE_DEG, "instrument": instrument,
+        "architecture": "unet", "n_bands": n_bands, "energy_edges_gev": spec["energy_edges_gev"],
+        "pixel_scale_deg": spec["pixel_scale_deg"], "instrument": instrument,
         "input": "astro_asid.nn.normalize.model_input: per-band Anscombe minus median, "
                  "+ summed-band channel + bands-available flag",
         "training": {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr,
@@ -499,7 +558,7 @@ def train_detector(name="asid-unet", instrument="fermi-lat", steps=2000, batch_s
                             extra_card=extra, log=log)
 
 
-def export_detectors(weights, out, names=DETECTOR_NAMES, instrument="fermi-lat", background="b1",
+def export_detectors(weights, out, names=None, instrument="fermi-lat", background="b1",
                      simulator="auto", seed=0, n_calibration=384, extra_card=None, log=None):
     """Calibrate the scores of trained weights and write one model per detector.
 
@@ -522,21 +581,25 @@ def export_detectors(weights, out, names=DETECTOR_NAMES, instrument="fermi-lat",
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = tuple(names)
+    spec = instrument_spec(instrument)
+    names = tuple(spec["detectors"] if names is None else names)
     tensors, ck_card = load_weights(weights)
-    cal_pool = PatchPool(make_simulator(instrument, background, seed + 2_000_029, simulator),
-                         size=n_calibration)
+    # CTAO: calibrate at the survey's source density, not the denser training one
+    cal_sim = "ctao-calibration" if instrument == "ctao" else simulator
+    cal_pool = PatchPool(make_simulator(instrument, background, seed + 2_000_029, cal_sim),
+                         size=n_calibration, psf_sigma=spec["psf_sigma_px"])
     cal_batch = _fixed_batch(cal_pool, np.random.default_rng(seed + 23), n_calibration, 1.0, 1.0)
     log(f"calibrating scores on {n_calibration} held-out patches (exposure 1, background x1)")
     det_opts = {"unek": {"patience": 5}}
-    cal, metrics, sigmas = calibrate_and_evaluate(weights, cal_batch, names, log=log, **det_opts)
+    cal, metrics, sigmas = calibrate_and_evaluate(weights, cal_batch, names, log=log,
+                                                  instrument=instrument, **det_opts)
     robust = {}
     for e, b in ((0.3, 1.0), (3.0, 1.0), (1.0, 0.5), (1.0, 2.0)):
         rb = _fixed_batch(cal_pool, np.random.default_rng(seed + 31), min(128, n_calibration),
                           e, b)
         log(f"robustness check: exposure x{e}, background x{b}")
         _, m, _ = calibrate_and_evaluate(weights, rb, ("asid-unet",) if "asid-unet" in names
-                                         else names[:1], log=log)
+                                         else names[:1], log=log, instrument=instrument)
         robust[f"exposure_{e}_background_{b}"] = {k: {kk: vv for kk, vv in v.items()
                                                       if kk.startswith("recall")}
                                                   for k, v in m.items()}

@@ -35,7 +35,7 @@ def simulate_pool_data(size, instrument="fermi-lat", background="b1", simulator=
     Returns
     -------
     tuple
-        ``(source maps, background maps, positions, band counts, fluxes)`` as
+        ``(source maps, background maps, positions, band counts, fluxes, widths)`` as
         `PatchPool` stores them; pass it as ``PatchPool(..., data=...)``.
     """
     size, workers = int(size), max(1, int(workers))
@@ -50,8 +50,8 @@ def simulate_pool_data(size, instrument="fermi-lat", background="b1", simulator=
             parts = procs.map(_simulate_chunk, tasks)
     src = np.concatenate([p[0] for p in parts])
     bg = np.concatenate([p[1] for p in parts])
-    xy, cb, flux = ([x for p in parts for x in p[i]] for i in (2, 3, 4))
-    return src, bg, xy, cb, flux
+    xy, cb, flux, ext = ([x for p in parts for x in p[i]] for i in (2, 3, 4, 5))
+    return src, bg, xy, cb, flux, ext
 
 
 class _Batches(torch.utils.data.IterableDataset):
