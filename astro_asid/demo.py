@@ -1,6 +1,5 @@
 """``asid demo``: simulate an image with known sources, find them, and score the result."""
 
-from pathlib import Path
 
 import numpy as np
 from astropy import units as u
@@ -111,9 +110,9 @@ def _fermi_demo_available(detector):
     try:
         from astro_asid.simulate import FermiSkySimulator  # noqa: F401
 
-        det = get_registry().detectors.get(detector)()
-        path = det._weights_path() if hasattr(det, "_weights_path") else None
-        return path is None or Path(str(path)).with_suffix(".safetensors").exists()
+        from astro_asid.instruments.fermi import _deep_weights_missing
+
+        return not _deep_weights_missing(get_registry().detectors.get(detector))
     except Exception:  # missing data files or weights: fall back to the toy image
         return False
 

@@ -52,6 +52,8 @@ def test_demo_runs(tmp_path, capsys):
     assert main(["demo", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "precision=" in out and "recall=" in out
+    # the shipped deep detector runs, not the toy fallback
+    assert "Detector 'asid-unet'" in out
     assert png.stat().st_size > 1000
 
 

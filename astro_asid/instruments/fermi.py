@@ -927,7 +927,13 @@ def _deep_weights_missing(cls):
         path = cls()._weights_path()
     except Exception:  # cannot tell: let the detector fail with its own message
         return False
-    return not path.with_suffix(".safetensors").exists()
+    from astro_asid.nn.io import weights_path
+    from astro_asid.utils.exceptions import WeightsError
+
+    try:
+        return not weights_path(path).exists()
+    except WeightsError:  # unreadable card: let the detector fail with its own message
+        return False
 
 
 def _resolve(detector, options):
