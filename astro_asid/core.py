@@ -201,6 +201,21 @@ def _unpack(image, wcs, hdu):
     return image, mask, wcs, unit, meta, energy_edges
 
 
+def merge_mask(bad, mask, target):
+    """``bad | mask`` with ``mask`` broadcast to ``bad``'s shape.
+
+    Raises `TypeError` for a non-boolean mask and `ValueError` naming
+    ``target`` (what the mask should match) for one that does not broadcast.
+    """
+    m = np.asarray(mask)
+    if m.dtype != bool:
+        raise TypeError(f"mask must be boolean, not dtype {m.dtype}")
+    try:
+        return bad | np.broadcast_to(m, bad.shape)
+    except ValueError:
+        raise ValueError(f"mask of shape {m.shape} does not match {target}") from None
+
+
 def as_sky_image(image, wcs=None, *, mask=None, energy_edges=None, instrument=None,
                  hdu=None, require_wcs=True):
     """Normalise any supported input into a `SkyImage`.
@@ -272,14 +287,7 @@ or `SkyImage`
     for m in (in_mask, mask):
         if m is None or m is False:
             continue
-        m = np.asarray(m)
-        if m.dtype != bool:
-            raise TypeError(f"mask must be boolean, not dtype {m.dtype}")
-        try:
-            full_mask |= np.broadcast_to(m, data.shape)
-        except ValueError:
-            raise ValueError(f"mask of shape {m.shape} does not match the image shape "
-                             f"{data.shape[1:]} or {data.shape}") from None
+        full_mask = merge_mask(full_mask, m, f"the image shape {data.shape[1:]} or {data.shape}")
     if full_mask.all():
         raise ValueError("every pixel of the image is NaN, infinite or masked: nothing to search")
     n_inf = int(np.isinf(data).sum())

@@ -75,7 +75,7 @@ from scipy.spatial import cKDTree
 
 from astro_asid.catalog import (CATALOG_COLUMNS, build_catalog, validate_candidates,
                                 validate_catalog)
-from astro_asid.core import SkyImage
+from astro_asid.core import SkyImage, merge_mask
 from astro_asid.instruments.merge import lonlat_to_unit, merge_duplicates
 from astro_asid.utils.exceptions import ASIDInputWarning, PluginError
 
@@ -189,14 +189,7 @@ class HealpixCube:
                              f"{self.nside}, got {np.shape(self.data)}")
         bad = ~np.isfinite(data) | (data == hp.UNSEEN)
         if self.mask is not None:
-            m = np.asarray(self.mask)
-            if m.dtype != bool:
-                raise TypeError(f"mask must be boolean, not dtype {m.dtype}")
-            try:
-                bad |= np.broadcast_to(m, data.shape)
-            except ValueError:
-                raise ValueError(f"mask of shape {m.shape} does not match the HEALPix data "
-                                 f"{data.shape}") from None
+            bad = merge_mask(bad, self.mask, f"the HEALPix data {data.shape}")
         if bad.all():
             raise ValueError("every HEALPix pixel is masked or NaN: nothing to search")
         data[bad] = np.nan

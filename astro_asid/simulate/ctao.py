@@ -106,6 +106,8 @@ from scipy import ndimage
 from scipy.integrate import simpson
 from scipy.special import ndtr, ndtri
 
+from .fermi import _PatchBatchBase
+
 __all__ = ["CTAOSkySimulator", "CTAOPatchBatch", "CTAOResponse", "to_gammapy_dataset",
            "render_gaussian_sources", "patch_wcs", "extension_class", "CTAO_ENERGY_EDGES_TEV",
            "CTAO_PIXEL_DEG", "CTAO_GPS_CENTRE", "GAMMAPY_CTAO_AEFF_PARS", "CRAB_FLUX_1TEV"]
@@ -332,7 +334,7 @@ def _table(cat, sel):
 
 
 @dataclass
-class CTAOPatchBatch:
+class CTAOPatchBatch(_PatchBatchBase):
     """A batch of simulated CTAO GPS patches (see `CTAOSkySimulator.sample_patches`).
 
     Attributes
@@ -371,26 +373,13 @@ class CTAOPatchBatch:
     cdelt: float = CTAO_PIXEL_DEG
     energy_edges: u.Quantity = field(default_factory=lambda: CTAO_ENERGY_EDGES_TEV * u.TeV)
 
-    def __len__(self):
-        return len(self.lon)
-
-    @property
-    def npix(self):
-        return self.counts.shape[-1]
-
     def wcs(self, i):
         """Astropy WCS of patch ``i`` (see `patch_wcs`)."""
         return patch_wcs(self.lon[i], self.lat[i], self.npix, self.cdelt)
 
     def truth(self):
         """All patches' sources in one table, with a ``patch`` column."""
-        from astropy.table import vstack
-        tabs = []
-        for i, t in enumerate(self.sources):
-            t = t.copy()
-            t["patch"] = np.full(len(t), i)
-            tabs.append(t)
-        return vstack(tabs) if tabs else Table()
+        return self._stacked_sources()
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -84,8 +84,29 @@ class SourceTables(Sequence):
         return self._cache[i]
 
 
+class _PatchBatchBase:
+    """What every simulated patch batch shares (``lon``, ``counts`` and ``sources`` fields)."""
+
+    def __len__(self):
+        return len(self.lon)
+
+    @property
+    def npix(self):
+        return self.counts.shape[-1]
+
+    def _stacked_sources(self):
+        """The per-patch source tables in one table, with a ``patch`` column."""
+        from astropy.table import vstack
+        tabs = []
+        for i, t in enumerate(self.sources):
+            t = t.copy()
+            t["patch"] = np.full(len(t), i)
+            tabs.append(t)
+        return vstack(tabs) if tabs else Table()
+
+
 @dataclass
-class PatchBatch:
+class PatchBatch(_PatchBatchBase):
     """A batch of simulated patches (see `FermiSkySimulator.sample_patches`).
 
     Attributes
@@ -112,13 +133,6 @@ class PatchBatch:
     cdelt: float = PATCH_CDELT
     energy_edges: u.Quantity = field(default_factory=lambda: [0.5, 1, 2, 7, 20, 200] * u.GeV)
 
-    def __len__(self):
-        return len(self.lon)
-
-    @property
-    def npix(self):
-        return self.counts.shape[-1]
-
     def wcs(self, i):
         """Astropy WCS of patch ``i`` (the challenge's convention)."""
         from astro_asid.evaluate.challenge import challenge_wcs
@@ -133,13 +147,7 @@ class PatchBatch:
             for k, unit in _UNITS.items():
                 t[k].unit = unit
             return t
-        from astropy.table import vstack
-        tabs = []
-        for i, t in enumerate(self.sources):
-            t = t.copy()
-            t["patch"] = np.full(len(t), i)
-            tabs.append(t)
-        return vstack(tabs) if tabs else Table()
+        return self._stacked_sources()
 
 
 def _wing_radius(counts, level, sigma, gamma):

@@ -94,13 +94,20 @@ def _toy_b1(seed):
 SIMULATORS = ("auto", "fermi", "toy", "toy-b1")
 
 
-def make_simulator(instrument="fermi-lat", background="b1", seed=0, simulator="auto"):
+def make_simulator(instrument="fermi-lat", background="b1", seed=0, simulator="auto",
+                   calibration=False):
     """The patch simulator: ``"fermi"`` (astro_asid.simulate), ``"toy"``, ``"toy-b1"``
-    (toy sources on the challenge's B1 background of patches 0-63), or ``"auto"``."""
+    (toy sources on the challenge's B1 background of patches 0-63), or ``"auto"``.
+
+    For ``instrument="ctao"`` it is `~astro_asid.simulate.ctao.CTAOSkySimulator` on
+    128 px patches, with `CTAO_TRAIN_DENSITY` times the survey's source density, or the
+    survey's own density when ``calibration`` is true.
+    """
     if instrument == "ctao":
         from astro_asid.simulate.ctao import CTAOSkySimulator
 
-        density = CTAO_TRAIN_DENSITY if simulator != "ctao-calibration" else 1.0
+        # score calibration uses the survey's own source density
+        density = 1.0 if calibration else CTAO_TRAIN_DENSITY
         return CTAOSkySimulator(seed=seed, npix=CTAO_TRAIN_NPIX, random_centres=True,
                                 density=density)
     if instrument != "fermi-lat":
@@ -584,9 +591,8 @@ def export_detectors(weights, out, names=None, instrument="fermi-lat", backgroun
     spec = instrument_spec(instrument)
     names = tuple(spec["detectors"] if names is None else names)
     tensors, ck_card = load_weights(weights)
-    # CTAO: calibrate at the survey's source density, not the denser training one
-    cal_sim = "ctao-calibration" if instrument == "ctao" else simulator
-    cal_pool = PatchPool(make_simulator(instrument, background, seed + 2_000_029, cal_sim),
+    cal_pool = PatchPool(make_simulator(instrument, background, seed + 2_000_029, simulator,
+                                        calibration=True),
                          size=n_calibration, psf_sigma=spec["psf_sigma_px"])
     cal_batch = _fixed_batch(cal_pool, np.random.default_rng(seed + 23), n_calibration, 1.0, 1.0)
     log(f"calibrating scores on {n_calibration} held-out patches (exposure 1, background x1)")
