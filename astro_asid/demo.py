@@ -146,6 +146,12 @@ def run_fermi_demo(plot="asid_demo.png", seed=1, detector="asid-unet", lon=120.0
     print(f"Detector {detector!r} found {len(cat)} sources (score >= "
           f"{cat.meta.get('detector_options', {}).get('min_score', '?')}):")
     cols = ["id", "x_centroid", "y_centroid", "sky_centroid", "score"]
+    characterized = "characterizer" in cat.meta
+    if characterized:
+        cols = ["id", "sky_centroid", "sky_centroid_err", "flux", "flux_err", "score",
+                "source_prob", "class_label"]
+        print(f"Characterised by {cat.meta['characterizer']['name']!r}: flux is "
+              f"{cat.meta.get('flux_band')} photon flux; class_prob under equal class priors.")
     cat[cols].pprint(max_lines=-1, max_width=-1)
     preds = {"patch": np.zeros(len(cat), int),
              "lon": cat["sky_centroid"].l.deg, "lat": cat["sky_centroid"].b.deg,
@@ -162,6 +168,13 @@ def run_fermi_demo(plot="asid_demo.png", seed=1, detector="asid-unet", lon=120.0
         print(f"Recall for sources with flux_1000 > 1e-9 cm-2 s-1: "
               f"{sc.truth_found[bright].mean():.3f} ({bright.sum()} sources); most simulated "
               "sources are far below the detection threshold, as on the real sky.")
+    if characterized and sc.tp:
+        tp = np.asarray(sc.pred_tp)
+        f_true = np.asarray(truth["flux_1000"])[np.asarray(sc.pred_match)[tp]]
+        f_cat = np.asarray(cat["flux"].filled(np.nan).value if hasattr(cat["flux"], "filled")
+                           else cat["flux"].value)[tp]
+        print(f"Flux 1-100 GeV of the {tp.sum()} true positives: median catalog/true ratio "
+              f"{np.nanmedian(f_cat / f_true):.2f}")
     image = as_sky_image(batch.counts[0], wcs)
     if plot:
         plot_catalog(image, cat, truth=SkyCoord(truth["lon"], truth["lat"], unit="deg",

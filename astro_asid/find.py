@@ -3,6 +3,7 @@
 import numpy as np
 
 from astro_asid import __version__
+from astro_asid.characterize.apply import characterize_candidates
 from astro_asid.catalog import build_catalog, validate_candidates, validate_catalog
 from astro_asid.config import conf
 from astro_asid.core import as_sky_image
@@ -15,22 +16,51 @@ __all__ = ["find_sources", "default_detector_name"]
 # preferred detectors per instrument, best first; the first registered one is used
 _PREFERRED = {
     "fermi-lat": ("asid-unet", "tsmap"),
+    "ctao": ("asid-ctao", "tsmap"),
     None: ("peaks",),
 }
 
 
-def default_detector_name(instrument=None):
-    """The detector `find_sources` uses when none is given."""
+def fits_image(cls, image):
+    """Whether detector class ``cls`` can run on ``image`` as a default choice:
+    counts for detectors that need them, and for deep detectors the bands and
+    pixel scale their model was trained on."""
+    from astropy import units as u
+
+    from astro_asid.detection.deep import DeepDetector
+
+    if getattr(cls, "needs_counts", False):
+        if image.unit is not None and not u.Unit(image.unit).is_equivalent(u.ct):
+            return False
+    if not (isinstance(cls, type) and issubclass(cls, DeepDetector)):
+        return True
+    try:
+        card = cls().card
+    except Exception:  # missing or broken weights: not a usable default
+        return False
+    if image.n_bands not in (int(card.get("n_bands", image.n_bands)), 1):
+        return False
+    scale = card.get("pixel_scale_deg")
+    if scale and image.wcs is not None:
+        from astropy.wcs.utils import proj_plane_pixel_scales
+        have = float(np.mean(np.abs(proj_plane_pixel_scales(image.wcs))))
+        return 0.8 < have / scale < 1.25
+    return True
+
+
+def default_detector_name(instrument=None, image=None):
+    """The detector `find_sources` uses when none is given (the first preferred
+    one for ``instrument`` that is registered and, when ``image`` is given, fits it)."""
     if conf.default_detector != "auto":
         return conf.default_detector
     reg = get_registry().detectors
     for name in _PREFERRED.get(instrument, ()) + _PREFERRED[None]:
-        if name in reg:
+        if name in reg and (image is None or fits_image(reg.get(name), image)):
             return name
     raise RuntimeError("no detector is registered")
 
 
-def _resolve_detector(detector, instrument, options):
+def _resolve_detector(detector, instrument, options, image=None):
     reg = get_registry().detectors
     if isinstance(detector, Detector):
         if options:
@@ -39,7 +69,7 @@ def _resolve_detector(detector, instrument, options):
         origin = reg.origin(detector.name) if detector.name in reg else type(detector).__module__
         return detector, origin
     if detector is None:
-        detector = default_detector_name(instrument)
+        detector = default_detector_name(instrument, image)
     if not isinstance(detector, str):
         raise TypeError(f"detector must be a name or a Detector instance, not "
                         f"{type(detector).__name__}")
@@ -48,7 +78,7 @@ def _resolve_detector(detector, instrument, options):
 
 
 def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
-                 energy_edges=None, hdu=None, **options):
+                 energy_edges=None, hdu=None, characterize=None, **options):
     """Find sources in an image and return a catalog.
 
     Parameters
@@ -69,6 +99,14 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         ``n_bands + 1`` energy bin edges of a gamma-ray cube.
     hdu : int or str, optional
         HDU to read from a FITS file.
+    characterize : None, bool, str or `~astro_asid.characterize.Characterizer`, optional
+        Characterisation of the candidates (refined positions with calibrated
+        errors, fluxes, ``source_prob`` and classes, see
+        `astro_asid.characterize`): by default the characteriser shipped for
+        the instrument, when there is one and it fits the image (a warning
+        says why when it does not); ``False`` skips it (faster; those
+        columns stay masked unless the detector fills them); ``True``
+        requires it; a weights path or an instance uses that model.
     **options
         Passed to the detector's constructor.
 
@@ -93,19 +131,20 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         from astro_asid.instruments.fermi import find_sources_healpix
 
         return find_sources_healpix(image, detector=detector, mask=mask,
-                                    energy_edges=energy_edges, **options)
+                                    energy_edges=energy_edges, characterize=characterize,
+                                    **options)
     regs = get_registry()
     for name in regs.adapters.names():
         adapter = regs.adapters.get(name)
         if adapter.accepts(image):
             return adapter.find_sources(image, wcs=wcs, detector=detector, mask=mask,
                                         instrument=instrument, energy_edges=energy_edges,
-                                        **options)
+                                        characterize=characterize, **options)
     sky = as_sky_image(image, wcs, mask=mask, energy_edges=energy_edges, instrument=instrument,
                        hdu=hdu)
     if instrument is not None:
         sky = sky.copy(instrument=instrument)
-    det, origin = _resolve_detector(detector, sky.instrument, options)
+    det, origin = _resolve_detector(detector, sky.instrument, options, sky)
     if det.needs_counts:
         sky.check_counts(f"detector {det.name!r}")
     where = f"detector {det.name!r} (from {origin})"
@@ -123,6 +162,7 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         iy = np.clip(np.round(np.asarray(cands["y_centroid"], float)).astype(int), 0,
                      sky.shape[0] - 1)
         cands = cands[~sky.mask2d[iy, ix]]
+    cands = characterize_candidates(characterize, sky, cands)
     meta = {
         "detector": det.name,
         "detector_origin": origin,
@@ -132,6 +172,9 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     for key in ("model_name", "model_sha256"):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
+    for key in ("characterizer", "flux_band", "flux_exposure"):
+        if cands.meta.get(key) is not None:
+            meta[key] = cands.meta[key]
     cat = build_catalog(cands, sky, meta=meta)
     try:
         validate_catalog(cat)

@@ -166,7 +166,7 @@ def dataset_to_sky_image(dataset, psf_sigma_deg=None, instrument="ctao"):
 def _default_detector(instrument, image):
     """The best registered, usable detector for ``instrument``; ``tsmap`` for other counts."""
     from astro_asid.config import conf
-    from astro_asid.find import _PREFERRED
+    from astro_asid.find import _PREFERRED, fits_image
     from astro_asid.instruments.fermi import _deep_weights_missing
     from astro_asid.plugins.manager import get_registry
 
@@ -174,8 +174,11 @@ def _default_detector(instrument, image):
         return None  # find_sources applies the configured default
     counts = image.unit is not None and u.Unit(image.unit).is_equivalent(u.ct)
     reg = get_registry().detectors
-    for name in _PREFERRED.get(instrument, ()) + (("tsmap",) if counts else ()):
-        if name in reg and not _deep_weights_missing(reg.get(name)):
+    names = dict.fromkeys(_PREFERRED.get(instrument, ()) + ("tsmap",))
+    for name in names:
+        if name not in reg or (getattr(reg.get(name), "needs_counts", False) and not counts):
+            continue
+        if not _deep_weights_missing(reg.get(name)) and fits_image(reg.get(name), image):
             return name
     return None
 

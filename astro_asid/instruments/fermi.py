@@ -73,6 +73,7 @@ from astropy.utils.masked import Masked
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
+from astro_asid.characterize.apply import characterize_candidates, resolve_characterizer
 from astro_asid.catalog import (CATALOG_COLUMNS, build_catalog, validate_candidates,
                                 validate_catalog)
 from astro_asid.core import SkyImage, merge_mask
@@ -950,7 +951,7 @@ def _collect(tables, tiles):
     names = []
     for t in tables:
         for name in t.colnames:
-            if name not in names and t[name].ndim == 1 and t[name].dtype.kind in "fiub":
+            if name not in names and t[name].ndim in (1, 2) and t[name].dtype.kind in "fiub":
                 names.append(name)
     for name in names:
         chunks = []
@@ -963,7 +964,8 @@ def _collect(tables, tiles):
                         else np.full(len(t), np.nan)
                 chunks.append(np.ma.filled(np.ma.asarray(col, dtype=float), np.nan))
             else:
-                chunks.append(np.full(len(t), np.nan))
+                width = next(tt[name].shape[1:] for tt in tables if name in tt.colnames)
+                chunks.append(np.full((len(t),) + width, np.nan))
         cols[name] = np.concatenate(chunks) if chunks else np.zeros(0)
     cols["tile"] = np.concatenate([np.full(len(t), i, np.int64) for t, i in zip(tables, tiles)]) \
         if tables else np.zeros(0, np.int64)
@@ -1077,7 +1079,8 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                          spectral_index=2.3,
                          merge_radius=0.3 * u.deg, min_separation=0.2 * u.deg,
                          overlap_slack=0.5 * u.deg,
-                         instrument="fermi-lat", blas_threads=1, **detector_options):
+                         instrument="fermi-lat", blas_threads=1, characterize=None,
+                         **detector_options):
     """Find sources in an all-sky HEALPix count cube.
 
     Parameters
@@ -1123,6 +1126,10 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
         BLAS threads while detecting (via threadpoolctl). Tiles are small, so
         one thread is fastest, and multi-threaded BLAS on a loaded machine can
         be 10-20 times slower; None leaves the setting alone.
+    characterize : None, bool, str or `~astro_asid.characterize.Characterizer`, optional
+        Characterisation of every tile's candidates, as in
+        `~astro_asid.find_sources` (default: the shipped characteriser of
+        ``instrument`` when it fits the tiles).
     **detector_options
         Passed to the detector's constructor.
 
@@ -1194,6 +1201,20 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
 
     tables, table_tiles = _detect_tiles(det, origin, counts, tile_mask, image, blas_threads)
     t_detect = time.perf_counter()
+    char_meta = {}
+    if tables and characterize is not False:
+        model = resolve_characterizer(characterize, instrument)
+        # every tile has the same geometry: one check decides for all of them
+        if model is not None and characterize is None and model.check_image(image(table_tiles[0])):
+            characterize_candidates(None, image(table_tiles[0]), tables[0])  # warns why
+        elif model is not None:
+            with _blas_limit(blas_threads):
+                tables = [characterize_candidates(model, image(i), t)
+                          for t, i in zip(tables, table_tiles)]
+            for key in ("characterizer", "flux_band", "flux_exposure"):
+                if tables[0].meta.get(key) is not None:
+                    char_meta[key] = tables[0].meta[key]
+    t_char = time.perf_counter()
 
     cols, units = _collect(tables, table_tiles)
     n_raw = cols["tile"].size
@@ -1288,12 +1309,14 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                      "geometry_cached": bool(cached),
                      "resample": round(t_tiles - t_geom, 3),
                      "detect": round(t_detect - t_tiles, 3),
-                     "merge": round(t_end - t_detect, 3)},
+                     "characterize": round(t_char - t_detect, 3),
+                     "merge": round(t_end - t_char, 3)},
     }
     for key in ("model_name", "model_sha256"):
         if getattr(det, key, None) is not None:
             meta[key] = getattr(det, key)
     meta.update(meta_flux)
+    meta.update(char_meta)
     cat = build_catalog(cands, dummy, meta=meta)
     cat["x_centroid"] = Masked(np.full(n, np.nan) * u.pix, mask=np.ones(n, bool))
     cat["y_centroid"] = Masked(np.full(n, np.nan) * u.pix, mask=np.ones(n, bool))

@@ -19,13 +19,18 @@ def add_arguments(parser):
     """Add the ``asid train`` options to an `argparse.ArgumentParser`."""
     from astro_asid.training.fermi import CTAO_DETECTOR_NAMES, DETECTOR_NAMES
 
-    parser.add_argument("detector", choices=DETECTOR_NAMES + CTAO_DETECTOR_NAMES,
+    parser.add_argument("detector", choices=DETECTOR_NAMES + CTAO_DETECTOR_NAMES
+                        + ("characterizer",),
                         help="detector to train (the four Fermi-LAT ones share one "
-                             "multi-head U-Net; asid-ctao needs --instrument ctao)")
+                             "multi-head U-Net; asid-ctao needs --instrument ctao), or "
+                             "'characterizer' (astro_asid.characterize.train)")
     parser.add_argument("--instrument", default="fermi-lat", choices=["fermi-lat", "ctao"])
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="default 32 (detectors), 512 (characterizer)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (AdamW); default 2e-3 (detectors), "
+                             "3e-3 (characterizer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="asid-training", help="output directory")
     parser.add_argument("--background", default="b1",
@@ -48,6 +53,9 @@ def add_arguments(parser):
                         help="start from these weights (fine-tuning)")
     parser.add_argument("--export", nargs="+", default=None,
                         help="detector names to write (default: all four)")
+    group = parser.add_argument_group("characterizer options")
+    from astro_asid.characterize.train import add_arguments as add_char_arguments
+    add_char_arguments(group)
     return parser
 
 
@@ -61,8 +69,17 @@ def run(args):
     command = "asid train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if sys.argv[1:2] == ["train"]:
         command = "asid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.detector == "characterizer":
+        from astro_asid.characterize.train import train_characterizer
+        train_characterizer(args.instrument, n_patches=args.n_patches,
+                            n_calibration=args.n_calibration_patches, n_test=args.n_test,
+                            members=args.members, epochs=args.epochs,
+                            batch_size=args.batch_size or 512, lr=args.lr or 3e-3,
+                            seed=args.seed, width=args.width, hidden=args.hidden, out=args.out,
+                            cache=args.cache, threads=args.threads, command=command)
+        return 0
     train_detector(args.detector, instrument=args.instrument, steps=args.steps,
-                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out,
+                   batch_size=args.batch_size or 32, lr=args.lr or 2e-3, seed=args.seed, out=args.out,
                    background=args.background, device=args.device, simulator=args.simulator,
                    base_width=args.base_width, depth=args.depth, pool_size=args.pool_size,
                    n_val=args.n_val, n_calibration=args.n_calibration, export=args.export,

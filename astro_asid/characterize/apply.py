@@ -1,0 +1,71 @@
+"""Choosing and running a characteriser inside `~astro_asid.find_sources`."""
+
+from pathlib import Path
+
+from astro_asid.characterize.model import Characterizer, shipped_characterizer, warn_skipped
+
+__all__ = ["resolve_characterizer", "characterize_candidates"]
+
+# detector columns that the characteriser replaces; the detector's values are kept
+_RENAMED = {"flux": "flux_detector", "flux_err": "flux_err_detector",
+            "x_err": "x_err_detector", "y_err": "y_err_detector"}
+
+
+def resolve_characterizer(option, instrument):
+    """The `Characterizer` that ``option`` asks for, or None.
+
+    Parameters
+    ----------
+    option : None, bool, str, path or `Characterizer`
+        None (the default): the characteriser shipped for ``instrument`` when
+        there is one; True: the same, but its absence is an error; False: none;
+        a path: a characteriser's weights; an instance: itself.
+    instrument : str or None
+
+    Raises
+    ------
+    ValueError
+        ``True`` was given and no characteriser ships for ``instrument``.
+    TypeError
+        ``option`` is of another type.
+    """
+    if option is False:
+        return None
+    if option is None or option is True:
+        model = shipped_characterizer(instrument)
+        if model is None and option is True:
+            raise ValueError(f"characterize=True, but astro_asid ships no characteriser for "
+                             f"instrument {instrument!r}; pass a Characterizer or a weights "
+                             "path, or characterize=False")
+        return model
+    if isinstance(option, Characterizer):
+        return option
+    if isinstance(option, (str, Path)):
+        return Characterizer.load(option)
+    raise TypeError(f"characterize must be None, a bool, a weights path or a Characterizer, "
+                    f"not {type(option).__name__}")
+
+
+def characterize_candidates(option, image, candidates):
+    """Run the characteriser ``option`` selects on ``candidates`` of ``image``.
+
+    Returns the candidates unchanged when no characteriser applies. An
+    explicitly requested characteriser that cannot run on the image raises
+    `ValueError`; the default one only warns (the columns stay masked).
+    """
+    model = resolve_characterizer(option, image.instrument)
+    if model is None:
+        return candidates
+    problems = model.check_image(image)
+    if problems:
+        msg = f"characteriser {model.card.get('name')!r}: " + "; ".join(problems)
+        if option is None:
+            warn_skipped(msg)
+            return candidates
+        raise ValueError(msg)
+    if len(candidates) == 0:
+        return candidates
+    for old, new in _RENAMED.items():
+        if old in candidates.colnames:
+            candidates.rename_column(old, new)
+    return model.characterize(image, candidates)

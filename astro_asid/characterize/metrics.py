@@ -1,0 +1,106 @@
+"""Calibration and classification metrics of a characteriser on labelled candidates."""
+
+import numpy as np
+
+__all__ = ["ellipse_coverage", "zscore_stats", "expected_calibration_error",
+           "balanced_completeness", "confusion_matrix", "calibration_table"]
+
+#: chi-square (2 dof) radius^2 of the 1-sigma and 95 % ellipses, and their coverage
+R2_1SIGMA = 1.0
+R2_95 = 2.45 ** 2
+COVERAGE_1SIGMA = 1.0 - np.exp(-0.5)        # 0.393
+COVERAGE_95 = 1.0 - np.exp(-0.5 * R2_95)    # 0.950
+
+
+def ellipse_coverage(ex, ey, sx, sy):
+    """Fractions of true positions inside the 1-sigma and 2.45-sigma ellipses.
+
+    ``ex``, ``ey``: position errors; ``sx``, ``sy``: predicted 1-sigma errors
+    (same units). For calibrated Gaussian errors the fractions are 0.393 and 0.950.
+    """
+    r2 = (np.asarray(ex) / np.asarray(sx)) ** 2 + (np.asarray(ey) / np.asarray(sy)) ** 2
+    if len(r2) == 0:
+        return np.nan, np.nan
+    return float(np.mean(r2 <= R2_1SIGMA)), float(np.mean(r2 <= R2_95))
+
+
+def zscore_stats(truth, pred, sigma):
+    """Mean and standard deviation of ``(truth - pred) / sigma``."""
+    z = (np.asarray(truth, float) - np.asarray(pred, float)) / np.asarray(sigma, float)
+    if len(z) == 0:
+        return np.nan, np.nan
+    return float(np.mean(z)), float(np.std(z))
+
+
+def expected_calibration_error(prob, label, n_bins=15, weights=None):
+    """Expected calibration error of the top-class probability.
+
+    Parameters
+    ----------
+    prob : `~numpy.ndarray`
+        ``(n,)`` probabilities of the positive class (binary) or ``(n, k)``.
+    label : `~numpy.ndarray`
+        ``(n,)`` 0/1 (binary) or class index.
+    weights : `~numpy.ndarray`, optional
+        Per-example weights (e.g. to evaluate under balanced class priors).
+    """
+    prob = np.asarray(prob, float)
+    label = np.asarray(label, int)
+    if prob.ndim == 1:
+        prob = np.column_stack([1 - prob, prob])
+    w = np.ones(len(label)) if weights is None else np.asarray(weights, float)
+    conf = prob.max(axis=1)
+    correct = (prob.argmax(axis=1) == label).astype(float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.digitize(conf, edges) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            wb = w[m].sum()
+            ece += wb * abs(np.average(correct[m], weights=w[m]) - np.average(conf[m], weights=w[m]))
+    return float(ece / w.sum()) if w.sum() > 0 else np.nan
+
+
+def confusion_matrix(label, pred, k):
+    """``(k, k)`` counts, rows = true class, columns = predicted class."""
+    cm = np.zeros((k, k), int)
+    np.add.at(cm, (np.asarray(label, int), np.asarray(pred, int)), 1)
+    return cm
+
+
+def balanced_completeness(label, pred, k):
+    """Per-class completeness (recall) and their mean over classes present."""
+    cm = confusion_matrix(label, pred, k)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per = np.diag(cm) / cm.sum(axis=1)
+    return per, float(np.nanmean(per))
+
+
+def calibration_table(log10_flux_true, ex, ey, sx, sy, log10_flux_pred, sigma_log10,
+                      bins, min_count=50):
+    """Per true-flux bin: counts, ellipse coverages and flux z-score statistics.
+
+    Returns
+    -------
+    list of dict
+        ``lo``, ``hi``, ``n``, ``cov1`` (1-sigma), ``cov95``, ``z_mean``,
+        ``z_std``, ``sigma_median`` (predicted log10 flux error), ``rms_error``
+        (actual), ``pos_err_median`` (same unit as ``ex``), ``ok``
+        (``n >= min_count``).
+    """
+    f = np.asarray(log10_flux_true, float)
+    rows = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        m = (f >= lo) & (f < hi)
+        c1, c95 = ellipse_coverage(ex[m], ey[m], sx[m], sy[m])
+        zm, zs = zscore_stats(f[m], log10_flux_pred[m], sigma_log10[m])
+        d = f[m] - np.asarray(log10_flux_pred)[m]
+        rows.append(dict(lo=float(lo), hi=float(hi), n=int(m.sum()), cov1=c1, cov95=c95,
+                         z_mean=zm, z_std=zs,
+                         sigma_median=float(np.median(sigma_log10[m])) if m.any() else np.nan,
+                         rms_error=float(np.sqrt(np.mean(d ** 2))) if m.any() else np.nan,
+                         pos_err_median=float(np.median(np.hypot(ex[m], ey[m])))
+                         if m.any() else np.nan,
+                         ok=bool(m.sum() >= min_count)))
+    return rows

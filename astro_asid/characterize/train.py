@@ -1,0 +1,465 @@
+"""Training, calibrating and exporting a characteriser (one command).
+
+Recipe
+------
+1. `~astro_asid.characterize.data.simulate_candidates`: the instrument's
+   detector is run on simulated patches (random exposure and background
+   scales), and every candidate is labelled (real / FAKE, true position,
+   flux, class, extension). Three independent sets: training, calibration,
+   test.
+2. A deep ensemble of ``members`` `~astro_asid.characterize.network.CutoutNet`
+   networks, each from its own random initialisation and batch order, is
+   trained on the training set with random 90-degree rotations and flips:
+   Gaussian negative log-likelihood for the position and the log10 flux (and
+   the extension; real sources only), binary cross-entropy for source/FAKE
+   (natural class frequencies, so ``source_prob`` is a probability on the
+   detector's own output) and class-weighted cross-entropy for the classes
+   (balanced, as in seed 002).
+3. Calibration on the calibration set: temperatures of the classification
+   heads (negative log-likelihood), and per bin of predicted brightness a
+   factor on the predicted standard deviations of position (matching the
+   median of the 2-D chi-square) and flux (unit root-mean-square z-score).
+4. The test set gives the card's metrics (`evaluate`).
+
+Command::
+
+    asid train characterizer --instrument fermi-lat --n-patches 12000 --members 5 --out DIR
+"""
+
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from astro_asid import __version__
+from astro_asid.characterize import metrics
+from astro_asid.characterize.data import INSTRUMENTS, simulate_candidates
+from astro_asid.characterize.model import Characterizer, CHARACTERIZER_NAMES, SigmaCalibration
+from astro_asid.characterize.network import CutoutNet
+
+__all__ = ["inputs_from_arrays", "train_members", "fit_calibration", "evaluate",
+           "train_characterizer", "main"]
+
+
+def inputs_from_arrays(d, n_scales):
+    """Network input ``(n, n_scales * (n_bands + 1), s, s)`` from stored arrays."""
+    cut = d["cutouts"]
+    nb = cut.shape[1] // n_scales
+    planes = []
+    for s in range(n_scales):
+        planes.append(np.log1p(cut[:, s * nb:(s + 1) * nb].astype(np.float32)))
+        planes.append(d["valid"][:, s:s + 1].astype(np.float32) / 255.0)
+    return np.concatenate(planes, axis=1)
+
+
+def _augment(x, scal, tx, ty, k, flip):
+    """Rotate by k * 90 deg (counter-clockwise in array display) and flip in x."""
+    if flip:
+        x = torch.flip(x, (3,))
+        scal = scal * torch.tensor([-1.0, 1.0])
+        tx = -tx
+    for _ in range(k):
+        x = torch.rot90(x, 1, dims=(2, 3))
+        # (dx, dy) -> (dy, -dx): see astro_asid.training.fermi.PatchPool._transform
+        scal = torch.stack([scal[:, 1], -scal[:, 0]], dim=1)
+        tx, ty = ty, -tx
+    return x, scal, tx, ty
+
+
+def _gauss_nll(mu, logvar, target):
+    logvar = logvar.clamp(-12, 8)
+    return 0.5 * (logvar + (target - mu) ** 2 * torch.exp(-logvar))
+
+
+def _loss(out, b, class_weights, ext_weights=None):
+    real = b["real"]
+    parts = {}
+    nreal = real.sum().clamp(min=1.0)
+    if "position" in out:
+        p = out["position"]
+        nll = _gauss_nll(p[:, 0], p[:, 2], b["tx"]) + _gauss_nll(p[:, 1], p[:, 3], b["ty"])
+        parts["pos"] = (nll * real).sum() / nreal
+    if "flux" in out:
+        f = out["flux"]
+        parts["flux"] = (_gauss_nll(f[:, 0], f[:, 1], b["flux"]) * real).sum() / nreal
+    if "source" in out:
+        parts["src"] = F.binary_cross_entropy_with_logits(out["source"][:, 0], real)
+    if "cls" in out:
+        parts["cls"] = F.cross_entropy(out["cls"], b["cls"], weight=class_weights)
+    if "extension" in out:
+        e = out["extension"]
+        parts["ext"] = (_gauss_nll(e[:, 0], e[:, 1], b["ext"]) * real).sum() / nreal
+    if "ext_cls" in out:
+        w = real / nreal
+        ce = F.cross_entropy(out["ext_cls"], b["ext_cls"], weight=ext_weights, reduction="none")
+        parts["ext_cls"] = (ce * w).sum()
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _tensors(d, spec, flux_norm):
+    n_scales = len(spec["cutouts"])
+    real = d["real"].astype(np.float32)
+    t = {
+        "x": torch.from_numpy(inputs_from_arrays(d, n_scales)),
+        "scal": torch.from_numpy(d["scalars"].astype(np.float32)),
+        "real": torch.from_numpy(real),
+        "tx": torch.from_numpy(np.nan_to_num(d["tx"]).astype(np.float32)),
+        "ty": torch.from_numpy(np.nan_to_num(d["ty"]).astype(np.float32)),
+        "flux": torch.from_numpy(np.nan_to_num((d["log10_flux"] - flux_norm[0])
+                                               / flux_norm[1]).astype(np.float32)),
+        "cls": torch.from_numpy(d["cls"].astype(np.int64)),
+    }
+    if "ext_class_names" in spec:
+        ext = np.nan_to_num(d["extension"])
+        t["ext"] = torch.from_numpy(ext.astype(np.float32))
+        t["ext_cls"] = torch.from_numpy(np.digitize(ext, spec["ext_edges_deg"]).astype(np.int64))
+    return t
+
+
+def heads_for(spec):
+    """Head name -> size for an instrument's characteriser."""
+    heads = {"position": 4, "flux": 2, "source": 1}
+    if len(spec["class_names"]) > 2:
+        heads["cls"] = len(spec["class_names"])
+    if "ext_class_names" in spec:
+        heads["extension"] = 2
+        heads["ext_cls"] = len(spec["ext_class_names"])
+    return heads
+
+
+def _balanced_weights(labels, k, mask=None):
+    labels = labels if mask is None else labels[mask]
+    counts = torch.bincount(labels, minlength=k).float().clamp(min=1.0)
+    w = counts.sum() / (k * counts)
+    return w
+
+
+def train_members(train, spec, members=5, epochs=8, batch_size=256, lr=2e-3, seed=0,
+                  width=32, hidden=128, log=print):
+    """Train the ensemble on the training tensors (see `_tensors`)."""
+    heads = heads_for(spec)
+    n = len(train["x"])
+    cw = _balanced_weights(train["cls"], len(spec["class_names"])) if "cls" in heads else None
+    ew = (_balanced_weights(train["ext_cls"], len(spec["ext_class_names"]),
+                            train["real"] > 0) if "ext_cls" in heads else None)
+    nets = []
+    for m in range(members):
+        torch.manual_seed(seed * 1000 + m)
+        rng = np.random.default_rng(seed * 1000 + m)
+        net = CutoutNet(train["x"].shape[1], train["x"].shape[2], train["scal"].shape[1], heads,
+                        width=width, hidden=hidden)
+        opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+        steps = epochs * (n // batch_size)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                    pct_start=0.1)
+        t0, step = time.time(), 0
+        net.train()
+        for ep in range(epochs):
+            perm = torch.from_numpy(rng.permutation(n))
+            acc = {}
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = perm[i:i + batch_size]
+                b = {k: v[idx] for k, v in train.items()}
+                b["x"], b["scal"], b["tx"], b["ty"] = _augment(
+                    b["x"], b["scal"], b["tx"], b["ty"], int(rng.integers(4)),
+                    bool(rng.integers(2)))
+                out = net(b["x"], b["scal"])
+                loss, parts = _loss(out, b, cw, ew)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                step += 1
+                for k, v in parts.items():
+                    acc[k] = acc.get(k, 0.0) + v
+            nb = max(n // batch_size, 1)
+            if log:
+                log(f"  member {m + 1}/{members} epoch {ep + 1}/{epochs}: "
+                    + " ".join(f"{k} {v / nb:.3f}" for k, v in acc.items())
+                    + f" ({time.time() - t0:.0f} s)")
+        nets.append(net.eval())
+    return nets
+
+
+def _fit_temperature(logits, labels, weights=None, binary=False):
+    grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 121))
+    best, best_t = np.inf, 1.0
+    w = np.ones(len(labels)) if weights is None else weights
+    for t in grid:
+        z = logits / t
+        if binary:
+            nll = np.logaddexp(0, z) - labels * z
+        else:
+            z = z - z.max(axis=1, keepdims=True)
+            lse = np.log(np.exp(z).sum(axis=1))
+            nll = lse - z[np.arange(len(z)), labels]
+        v = np.average(nll, weights=w)
+        if v < best:
+            best, best_t = v, t
+    return float(best_t)
+
+
+def _binned_scales(predictor, stat, n_bins=6, min_count=200):
+    """Bin centres (quantiles of ``predictor``) and ``stat(indices)`` per bin."""
+    n_bins = max(1, min(n_bins, len(predictor) // min_count))
+    edges = np.quantile(predictor, np.linspace(0, 1, n_bins + 1))
+    centres, scales = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = np.flatnonzero((predictor >= lo) & (predictor <= hi))
+        centres.append(float(np.median(predictor[m])))
+        scales.append(float(stat(m)))
+    return centres, scales
+
+
+def fit_calibration(char, cal, spec):
+    """Temperatures and sigma scale factors from the calibration set (sets the card)."""
+    n_scales = len(spec["cutouts"])
+    raw = char.raw_outputs(inputs_from_arrays(cal, n_scales), cal["scalars"].astype(np.float32))
+    res = char.combine(raw, calibrated=False)
+    real = cal["real"].astype(bool)
+    calib = {"temperature": {}}
+    calib["temperature"]["source"] = _fit_temperature(raw["source"][..., 0].mean(0),
+                                                      real.astype(float), binary=True)
+    if "cls" in raw:
+        k = raw["cls"].shape[-1]
+        lab = cal["cls"].astype(int)
+        w = (1.0 / np.bincount(lab, minlength=k).clip(1))[lab]
+        calib["temperature"]["cls"] = _fit_temperature(raw["cls"].mean(0), lab, w)
+    bright = res["log10_flux"][real]
+    ex = cal["tx"][real] - res["dx"][real]
+    ey = cal["ty"][real] - res["dy"][real]
+    r2 = (ex / res["sigma_x"][real]) ** 2 + (ey / res["sigma_y"][real]) ** 2
+    # the median of a 2-dof chi-square is 2 ln 2
+    c, s = _binned_scales(bright, lambda m: np.sqrt(np.median(r2[m]) / (2 * np.log(2))))
+    calib["position"] = {"centres": c, "scales": s}
+    z = (cal["log10_flux"][real] - bright) / res["sigma_log10_flux"][real]
+    c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(z[m] ** 2)))
+    calib["flux"] = {"centres": c, "scales": s}
+    if "extension" in raw:
+        ze = (cal["extension"][real] - res["extension"][real]) / res["extension_err"][real]
+        c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(ze[m] ** 2)))
+        calib["extension"] = {"centres": c, "scales": s}
+        lab = np.digitize(cal["extension"][real], spec["ext_edges_deg"])
+        w = (1.0 / np.bincount(lab, minlength=3).clip(1))[lab]
+        calib["temperature"]["ext_cls"] = _fit_temperature(raw["ext_cls"].mean(0)[real], lab, w)
+    char.card["calibration"] = calib
+    return calib
+
+
+def flux_bins(log10_flux, width=0.25):
+    """Bin edges of ``width`` dex covering ``log10_flux``."""
+    f = log10_flux[np.isfinite(log10_flux)]
+    lo = np.floor(f.min() / width) * width
+    hi = np.ceil(f.max() / width) * width
+    return np.arange(lo, hi + width / 2, width)
+
+
+def evaluate(char, test, spec, min_count=50):
+    """Metrics of a calibrated characteriser on a labelled test set.
+
+    Returns
+    -------
+    dict
+        ``calibration_table`` (per true-flux bin), ``worst`` (the extremes over
+        bins with ``>= min_count`` sources), ``source`` (ECE, AUC), ``classes``
+        (balanced completeness, confusion, ECE), ``extension`` (CTAO), and the
+        per-candidate predictions ``pred`` for further tables.
+    """
+    n_scales = len(spec["cutouts"])
+    raw = char.raw_outputs(inputs_from_arrays(test, n_scales), test["scalars"].astype(np.float32))
+    res = char.combine(raw)
+    real = test["real"].astype(bool)
+    ex = test["tx"] - res["dx"]
+    ey = test["ty"] - res["dy"]
+    f = test["log10_flux"]
+    bins = flux_bins(f[real])
+    table = metrics.calibration_table(f[real], ex[real], ey[real], res["sigma_x"][real],
+                                      res["sigma_y"][real], res["log10_flux"][real],
+                                      res["sigma_log10_flux"][real], bins, min_count)
+    ok = [r for r in table if r["ok"]]
+    c1, c95 = metrics.ellipse_coverage(ex[real], ey[real], res["sigma_x"][real],
+                                       res["sigma_y"][real])
+    zm, zs = metrics.zscore_stats(f[real], res["log10_flux"][real],
+                                  res["sigma_log10_flux"][real])
+    out = {"n_test": int(len(real)), "n_real": int(real.sum()),
+           "overall": {"cov1": c1, "cov95": c95, "flux_z_mean": zm, "flux_z_std": zs,
+                       "median_pos_err_px": float(np.median(np.hypot(ex[real], ey[real]))),
+                       "median_abs_dlog10_flux": float(np.median(np.abs(
+                           f[real] - res["log10_flux"][real])))},
+           "calibration_table": table,
+           "worst": {"cov1": [min(r["cov1"] for r in ok), max(r["cov1"] for r in ok)],
+                     "cov95": [min(r["cov95"] for r in ok), max(r["cov95"] for r in ok)],
+                     "z_std": [min(r["z_std"] for r in ok), max(r["z_std"] for r in ok)]}}
+    from sklearn.metrics import roc_auc_score
+    sp = res["source_prob"]
+    out["source"] = {"ece": metrics.expected_calibration_error(sp, real.astype(int)),
+                     "auc": float(roc_auc_score(real, sp)),
+                     "auc_detector_score": float(roc_auc_score(real, test["score"]))}
+    if "class_prob" in res:
+        k = res["class_prob"].shape[1]
+        lab = test["cls"].astype(int)
+        pred = res["class_prob"].argmax(1)
+        per, bal = metrics.balanced_completeness(lab, pred, k)
+        w = (1.0 / np.bincount(lab, minlength=k).clip(1))[lab]
+        out["classes"] = {"names": spec["class_names"], "completeness": per.tolist(),
+                          "balanced_completeness": bal,
+                          "confusion": metrics.confusion_matrix(lab, pred, k).tolist(),
+                          "ece_balanced": metrics.expected_calibration_error(
+                              res["class_prob"], lab, weights=w)}
+    if "ext_prob" in res:
+        lab = np.digitize(test["extension"][real], spec["ext_edges_deg"])
+        pred = res["ext_prob"][real].argmax(1)
+        out["extension"] = {
+            "names": spec["ext_class_names"],
+            "confusion": metrics.confusion_matrix(lab, pred, 3).tolist(),
+            "point_vs_extended_accuracy": float(np.mean((lab == 0) == (pred == 0))),
+            "accuracy": float(np.mean(lab == pred))}
+        ze = metrics.zscore_stats(test["extension"][real], res["extension"][real],
+                                  res["extension_err"][real])
+        out["extension"]["z_mean"], out["extension"]["z_std"] = ze
+    out["pred"] = res
+    return out
+
+
+def _load_or_simulate(cache, name, n, instrument, seed, log, **kw):
+    tag = "".join(f"-{k}{v}" for k, v in sorted(kw.items()) if k == "density")
+    path = (None if cache is None
+            else Path(cache) / f"{instrument}-{name}-{n}-{seed}{tag}.npz")
+    if path is not None and path.exists():
+        log(f"reading {path}")
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    log(f"simulating the {name} set: {n} patches (seed {seed})")
+    d = simulate_candidates(n, instrument=instrument, seed=seed, log=log, **kw)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, **d)
+    return d
+
+
+def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3000,
+                        n_test=3000, members=5, epochs=4, batch_size=512, lr=3e-3, seed=0,
+                        width=16, hidden=128, out="asid-characterizer", cache=None,
+                        threads=None, command=None, log=print):
+    """Simulate, train, calibrate, evaluate and write a characteriser.
+
+    Returns
+    -------
+    `~astro_asid.characterize.Characterizer`
+        The model, also written as ``out/<name>.safetensors`` + ``.json``.
+    """
+    if threads:
+        torch.set_num_threads(int(threads))
+    spec = INSTRUMENTS[instrument]
+    t0 = time.time()
+    train = _load_or_simulate(cache, "train", n_patches, instrument, seed * 10 + 1, log)
+    # CTAO trains at the detector's (denser) training density; source_prob is
+    # calibrated and tested at the survey's own density
+    survey = {"density": 1.0} if instrument == "ctao" else {}
+    cal = _load_or_simulate(cache, "calibration", n_calibration, instrument, seed * 10 + 2, log,
+                            **survey)
+    test = _load_or_simulate(cache, "test", n_test, instrument, seed * 10 + 3, log, **survey)
+    t_sim = time.time() - t0
+    fl = train["log10_flux"][train["real"].astype(bool)]
+    flux_norm = (float(np.mean(fl)), float(np.std(fl)))
+    tt = _tensors(train, spec, flux_norm)
+    log(f"training {members} members on {len(tt['x'])} candidates "
+        f"({int(train['real'].sum())} real)")
+    t1 = time.time()
+    nets = train_members(tt, spec, members=members, epochs=epochs, batch_size=batch_size, lr=lr,
+                         seed=seed, width=width, hidden=hidden, log=log)
+    t_train = time.time() - t1
+    from astro_asid.simulate.instrument import EXPOSURE_CM2S
+    card = {
+        "name": CHARACTERIZER_NAMES[instrument],
+        "instrument": instrument,
+        "detector": spec["detector"],
+        "description": "deep-ensemble characteriser: refined position with calibrated errors, "
+                       "flux with errors, source/FAKE and class probabilities",
+        "n_bands": int(train["cutouts"].shape[1] // len(spec["cutouts"])),
+        "cutouts": spec["cutouts"],
+        "class_names": spec["class_names"],
+        "flux": {"log10_mean": flux_norm[0], "log10_std": flux_norm[1],
+                 "unit": spec["flux_unit"], "band": spec["flux_band"]},
+        "training": {"command": command, "n_patches": n_patches,
+                     "n_calibration": n_calibration, "n_test": n_test, "members": members,
+                     "epochs": epochs, "width": width, "hidden": hidden,
+                     "batch_size": batch_size, "lr": lr, "seed": seed,
+                     "seconds_simulation": round(t_sim, 1), "seconds_training": round(t_train, 1),
+                     "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                     "torch_threads": torch.get_num_threads(),
+                     "astro_asid_version": __version__},
+    }
+    if instrument == "fermi-lat":
+        from astro_asid.training.fermi import PIXEL_SCALE_DEG, FERMI_ENERGY_EDGES_GEV
+        card["pixel_scale_deg"] = PIXEL_SCALE_DEG
+        card["energy_edges_gev"] = FERMI_ENERGY_EDGES_GEV
+        card["flux"]["nominal_exposure"] = [float(v) for v in EXPOSURE_CM2S]
+        card["flux"]["exposure_unit"] = "cm2 s"
+        card["flux"]["nominal_exposure_note"] = (
+            "no exposure given: fluxes assume the data challenge's exposure (9.5 yr)")
+    if instrument == "ctao":
+        from astro_asid.simulate.ctao import CTAO_PIXEL_DEG
+        card["pixel_scale_deg"] = CTAO_PIXEL_DEG
+        card["flux"]["nominal_exposure_note"] = (
+            "fluxes assume the simulation's exposure (20 h, CTA prod3b South)")
+    if "ext_class_names" in spec:
+        card["ext_class_names"] = spec["ext_class_names"]
+        card["ext_edges_deg"] = spec["ext_edges_deg"]
+    char = Characterizer(nets, card)
+    fit_calibration(char, cal, spec)
+    ev = evaluate(char, test, spec)
+    ev.pop("pred")
+    char.card["metrics"] = ev
+    path = Path(out) / card["name"]
+    char.save(path)
+    log(f"wrote {path}.safetensors; test: 1-sigma coverage {ev['overall']['cov1']:.3f}, "
+        f"95% {ev['overall']['cov95']:.3f}, flux z std {ev['overall']['flux_z_std']:.3f}")
+    return char
+
+
+def add_arguments(parser):
+    """Options of ``asid train characterizer``."""
+    parser.add_argument("--n-patches", type=int, default=12000,
+                        help="simulated patches whose candidates train the characterizer")
+    parser.add_argument("--n-calibration-patches", type=int, default=3000,
+                        help="patches of the calibration set")
+    parser.add_argument("--n-test", type=int, default=3000, help="patches of the test set")
+    parser.add_argument("--members", type=int, default=5, help="deep-ensemble members")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per member")
+    parser.add_argument("--width", type=int, default=16, help="channels of the first conv block")
+    parser.add_argument("--hidden", type=int, default=128, help="width of the dense layers")
+    parser.add_argument("--cache", default=None,
+                        help="folder for the simulated candidate sets (reused when present)")
+
+
+def main(argv=None):
+    """``python -m astro_asid.characterize.train``."""
+    import argparse
+    p = argparse.ArgumentParser(prog="asid train characterizer", description=__doc__.split("\n")[0])
+    p.add_argument("--instrument", default="fermi-lat", choices=sorted(INSTRUMENTS))
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="asid-characterizer")
+    add_arguments(p)
+    a = p.parse_args(argv)
+    command = "python -m astro_asid.characterize.train " + " ".join(
+        shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
+    train_characterizer(a.instrument, n_patches=a.n_patches,
+                        n_calibration=a.n_calibration_patches, n_test=a.n_test,
+                        members=a.members, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                        seed=a.seed, width=a.width, hidden=a.hidden, out=a.out, cache=a.cache,
+                        threads=a.threads, command=command)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,263 @@
+"""Tests of astro_asid.characterize: cutouts, the ensemble model, calibration, find_sources."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from astropy import units as u
+
+from astro_asid import find_sources
+from astro_asid.characterize import (Characterizer, SigmaCalibration, extract_cutouts,
+                                     resolve_characterizer, shipped_characterizer)
+from astro_asid.characterize import metrics
+from astro_asid.characterize.network import CutoutNet
+from astro_asid.characterize.train import _augment, _binned_scales, _fit_temperature
+from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
+
+
+# -- cutouts -------------------------------------------------------------------------------
+def test_cutout_centre_and_padding():
+    data = np.zeros((2, 20, 30), np.float32)
+    data[:, 5, 7] = [3, 4]
+    cut, val, off = extract_cutouts(data, [7.3, 0.0], [4.8, 0.0], 5)
+    assert cut.shape == (2, 2, 5, 5) and val.shape == (2, 5, 5)
+    # the candidate's nearest pixel (7, 5) is the centre
+    assert cut[0, :, 2, 2].tolist() == [3, 4]
+    np.testing.assert_allclose(off[0], [0.3, -0.2], atol=1e-12)
+    # at the corner, outside pixels are 0 and not valid
+    assert val[1, 0, 0] == 0 and val[1, 2, 2] == 1 and val[1].sum() == 9
+
+
+def test_cutout_mask_and_nan_read_as_invalid():
+    data = np.ones((1, 9, 9), np.float32)
+    data[0, 4, 5] = np.nan
+    mask = np.zeros((1, 9, 9), bool)
+    mask[0, 4, 3] = True
+    cut, val, _ = extract_cutouts(data, [4], [4], 3, mask=mask)
+    assert cut[0, 0, 1].tolist() == [0, 1, 0]
+    assert val[0, 1].tolist() == [0, 1, 0]
+
+
+def test_cutout_binning_sums_blocks():
+    data = np.ones((1, 40, 40), np.float32)
+    cut, val, off = extract_cutouts(data, [20], [20], 4, binning=2)
+    assert cut.shape == (1, 1, 4, 4)
+    np.testing.assert_array_equal(cut[0, 0], 4.0)
+    np.testing.assert_array_equal(val[0], 1.0)
+    # an 8 px span centred on pixel 20 has its centre at 19.5 input pixels
+    np.testing.assert_allclose(off[0], [0.25, 0.25])
+
+
+def test_cutout_bad_shape():
+    with pytest.raises(ValueError, match="n_bands, ny, nx"):
+        extract_cutouts(np.zeros((5, 5)), [1], [1], 3)
+
+
+# -- augmentation keeps pixels and targets consistent -------------------------------------------
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [False, True])
+def test_augment_moves_target_with_pixels(k, flip):
+    size, h = 9, 4
+    dx, dy = 2, -3
+    x = torch.zeros(1, 1, size, size)
+    x[0, 0, h + dy, h + dx] = 1.0
+    scal = torch.tensor([[0.25, -0.125]])
+    xa, sa, tx, ty = _augment(x, scal, torch.tensor([float(dx)]), torch.tensor([float(dy)]), k,
+                              flip)
+    iy, ix = np.unravel_index(int(torch.argmax(xa[0, 0])), (size, size))
+    assert (ix - h, iy - h) == (int(tx[0]), int(ty[0]))
+    # the sub-pixel offsets turn like the target
+    norm = np.hypot(*sa[0].numpy())
+    assert norm == pytest.approx(np.hypot(0.25, 0.125))
+
+
+# -- calibration helpers ---------------------------------------------------------------------
+def test_sigma_calibration_interpolates_and_clamps():
+    cal = SigmaCalibration([0.0, 1.0], [2.0, 4.0])
+    np.testing.assert_allclose(cal([-1, 0.5, 3]), [2.0, 3.0, 4.0])
+    assert SigmaCalibration.from_dict(cal.as_dict())(0.25) == pytest.approx(2.5)
+    np.testing.assert_array_equal(SigmaCalibration.identity()([1, 2]), [1, 1])
+
+
+def test_binned_scales_recover_a_known_error_inflation():
+    rng = np.random.default_rng(1)
+    n = 20000
+    bright = rng.uniform(-10, -8, n)
+    true_factor = np.where(bright < -9, 2.0, 0.5)
+    z = rng.normal(size=n) * true_factor
+    c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(z[m] ** 2)), n_bins=4)
+    assert len(c) == 4
+    np.testing.assert_allclose(s, [2.0, 2.0, 0.5, 0.5], rtol=0.06)
+
+
+def test_temperature_fit_undoes_overconfidence():
+    rng = np.random.default_rng(2)
+    n = 20000
+    true_logit = rng.normal(0, 2, n)
+    label = (rng.uniform(size=n) < 1 / (1 + np.exp(-true_logit))).astype(float)
+    t = _fit_temperature(3.0 * true_logit, label, binary=True)
+    assert t == pytest.approx(3.0, rel=0.08)
+
+
+def test_metrics_on_gaussian_errors():
+    rng = np.random.default_rng(3)
+    ex, ey = rng.normal(size=(2, 50000)) * np.array([[1.0], [2.0]])
+    c1, c95 = metrics.ellipse_coverage(ex, ey, np.ones(50000), np.full(50000, 2.0))
+    assert c1 == pytest.approx(metrics.COVERAGE_1SIGMA, abs=0.01)
+    assert c95 == pytest.approx(0.95, abs=0.005)
+    per, bal = metrics.balanced_completeness([0, 0, 1, 2], [0, 1, 1, 2], 3)
+    np.testing.assert_allclose(per, [0.5, 1, 1])
+    assert bal == pytest.approx(2.5 / 3)
+    # a perfectly calibrated binary classifier has a small ECE; a wrong one a large ECE
+    p = rng.uniform(size=50000)
+    y = (rng.uniform(size=50000) < p).astype(int)
+    assert metrics.expected_calibration_error(p, y) < 0.02
+    assert metrics.expected_calibration_error(np.clip(p * 2, 0, 1), y) > 0.1
+
+
+# -- the model -----------------------------------------------------------------------------
+def _tiny(n_members=2, heads=None):
+    heads = heads or {"position": 4, "flux": 2, "source": 1, "cls": 3}
+    torch.manual_seed(0)
+    nets = [CutoutNet(6, 9, 2, heads, width=4, hidden=8) for _ in range(n_members)]
+    card = {"name": "tiny", "instrument": "fermi-lat", "detector": "peaks", "n_bands": 5,
+            "cutouts": [{"size": 9, "binning": 1}], "class_names": ["AGN", "PSR", "FAKE"],
+            "flux": {"log10_mean": -9.0, "log10_std": 0.5, "unit": "cm-2 s-1",
+                     "band": "1-100 GeV", "nominal_exposure": [1e10] * 5,
+                     "exposure_unit": "cm2 s"},
+            "calibration": {"temperature": {"source": 1.0, "cls": 1.0},
+                            "position": {"centres": [-9.0], "scales": [1.0]},
+                            "flux": {"centres": [-9.0], "scales": [1.0]}}}
+    return Characterizer(nets, card)
+
+
+def _sky(n_bands=5, shape=(32, 32), exposure=None):
+    from astro_asid import SkyImage
+    from astro_asid.evaluate.challenge import challenge_wcs
+    rng = np.random.default_rng(0)
+    data = rng.poisson(2.0, (n_bands,) + shape).astype(np.float32)
+    wcs = challenge_wcs(0.0, 30.0, npix=shape[0])
+    return SkyImage(data=data, wcs=wcs, instrument="fermi-lat", unit=u.ct, exposure=exposure)
+
+
+def _cands(x, y):
+    from astropy.table import QTable
+    t = QTable()
+    t["x_centroid"] = np.asarray(x, float)
+    t["y_centroid"] = np.asarray(y, float)
+    t["score"] = np.linspace(0.9, 0.5, len(x))
+    return t
+
+
+def test_characterize_fills_columns_in_input_order(tmp_path):
+    char = _tiny()
+    cands = _cands([3.2, 16.0, 30.7], [5.0, 16.4, 1.0])
+    out = char.characterize(_sky(), cands)
+    assert len(out) == 3
+    np.testing.assert_array_equal(out["x_detector"], cands["x_centroid"])
+    for col in ("x_err", "y_err"):
+        assert np.all(np.asarray(out[col]) > 0)
+    assert out["flux"].unit == u.Unit("cm-2 s-1") and np.all(out["flux_err"].value > 0)
+    np.testing.assert_allclose(np.asarray(out["class_prob"]).sum(axis=1), 1.0, rtol=1e-6)
+    assert np.all((out["source_prob"] >= 0) & (out["source_prob"] <= 1))
+    # refined positions stay within the cutout
+    assert np.all(np.abs(out["x_centroid"] - np.rint(cands["x_centroid"])) <= 4.5)
+    # candidates are characterised independently of each other
+    one = char.characterize(_sky(), cands[1:2])
+    assert one["flux"][0].value == pytest.approx(out["flux"][1].value, rel=1e-5)
+
+
+def test_exposure_converts_flux():
+    char = _tiny()
+    cands = _cands([10.0], [12.0])
+    base = char.characterize(_sky(), cands)
+    twice = char.characterize(_sky(exposure=np.full(5, 2e10)), cands)
+    # twice the nominal exposure: the same counts mean half the flux
+    assert twice["flux"][0].value == pytest.approx(base["flux"][0].value / 2, rel=1e-5)
+    assert "flux_exposure" in base.meta and "flux_exposure" not in twice.meta
+
+
+def test_save_load_round_trip_and_corruption(tmp_path):
+    char = _tiny()
+    card = char.save(tmp_path / "tiny")
+    assert card["n_members"] == 2 and card["architecture"] == "cutout-ensemble"
+    back = Characterizer.load(tmp_path / "tiny")
+    cands = _cands([10.0, 20.0], [12.0, 5.0])
+    a = char.predict(_sky().data, cands["x_centroid"], cands["y_centroid"])
+    b = back.predict(_sky().data, cands["x_centroid"], cands["y_centroid"])
+    # weights are stored as float16
+    np.testing.assert_allclose(a["log10_flux"], b["log10_flux"], atol=2e-2)
+    w = tmp_path / "tiny.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-5] ^= 0xFF
+    w.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match="corrupt"):
+        Characterizer.load(tmp_path / "tiny")
+
+
+def test_load_rejects_a_card_of_another_model(tmp_path):
+    char = _tiny()
+    char.save(tmp_path / "m")
+    card = json.loads((tmp_path / "m.json").read_text())
+    card["architecture"] = "unet"
+    (tmp_path / "m.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="characteriser"):
+        Characterizer.load(tmp_path / "m")
+
+
+def test_check_image_names_band_mismatch():
+    char = _tiny()
+    problems = char.check_image(_sky(n_bands=1))
+    assert problems and "5 energy bands" in problems[0]
+
+
+# -- find_sources integration --------------------------------------------------------------------
+def test_resolve_options():
+    assert resolve_characterizer(False, "fermi-lat") is None
+    assert resolve_characterizer(None, "no-such-instrument") is None
+    with pytest.raises(ValueError, match="ships no characteriser"):
+        resolve_characterizer(True, None)
+    with pytest.raises(TypeError, match="characterize must be"):
+        resolve_characterizer(3.5, "fermi-lat")
+    char = _tiny()
+    assert resolve_characterizer(char, None) is char
+
+
+def test_find_sources_with_explicit_characterizer_and_without():
+    sky = _sky()
+    sky.data[:, 16, 16] += 200
+    cat = find_sources(sky, detector="peaks", characterize=_tiny())
+    assert len(cat) >= 1
+    assert not np.any(cat["flux"].mask) and not np.any(cat["source_prob"].mask)
+    assert cat["flux"].unit == u.Unit("cm-2 s-1")
+    assert cat.meta["characterizer"]["name"] == "tiny"
+    plain = find_sources(sky, detector="peaks", characterize=False)
+    assert np.all(plain["source_prob"].mask)
+
+
+def test_explicit_characterizer_that_does_not_fit_raises():
+    sky = _sky(n_bands=1)
+    sky.data[:, 16, 16] += 200
+    with pytest.raises(ValueError, match="energy bands"):
+        find_sources(sky, detector="peaks", characterize=_tiny())
+
+
+@pytest.mark.skipif(shipped_characterizer("fermi-lat") is None,
+                    reason="no Fermi-LAT characteriser shipped")
+def test_default_characterizer_on_a_simulated_patch():
+    from astro_asid.simulate import FermiSkySimulator
+    sim = FermiSkySimulator(seed=5)
+    b = sim.sample_patches(1)
+    cat = find_sources(b.counts[0], b.wcs(0), instrument="fermi-lat",
+                       energy_edges=b.energy_edges)
+    assert len(cat) > 0
+    assert cat.meta["characterizer"]["name"] == "characterize-fermi-lat"
+    assert not np.any(cat["sky_centroid_err"].mask)
+    assert cat["flux"].unit == u.Unit("cm-2 s-1")
+    assert set(np.unique(cat["class_label"])) <= {"AGN", "PSR", "FAKE"}
+    # a summed 2-D image does not fit the 5-band characteriser: warned, columns masked
+    with pytest.warns(ASIDInputWarning, match="characterisation skipped"):
+        cat2 = find_sources(b.counts[0].sum(axis=0), b.wcs(0), instrument="fermi-lat")
+    assert np.all(cat2["source_prob"].mask)
