@@ -162,7 +162,7 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         iy = np.clip(np.round(np.asarray(cands["y_centroid"], float)).astype(int), 0,
                      sky.shape[0] - 1)
         cands = cands[~sky.mask2d[iy, ix]]
-    cands = characterize_candidates(characterize, sky, cands)
+    cands = characterize_candidates(characterize, sky, cands, detector=det.name)
     meta = {
         "detector": det.name,
         "detector_origin": origin,

@@ -30,7 +30,7 @@ from astropy.table import Table, vstack
 from astro_asid.characterize import metrics, shipped_characterizer
 from astro_asid.characterize.data import INSTRUMENTS
 from astro_asid.characterize.train import _load_or_simulate, evaluate
-from astro_asid.detection import get_detector
+from astro_asid import get_detector
 
 SNR_BINS = (0, 5, 10, 20, np.inf)
 
@@ -60,15 +60,26 @@ def simulated(char, n_test, seed, cache, nominal):
     o = ev["overall"]
     print(f"| all | {ev['n_real']} | {o['cov1']:.3f} | {o['cov95']:.3f} | "
           f"{o['flux_z_mean']:+.2f} | {o['flux_z_std']:.2f} | | | |")
+    print("\n| measured log10 F1000 bin | n | in 1-sigma (0.39) | in 95% (0.95) | flux z mean | "
+          "flux z std |")
+    print("|---|---|---|---|---|---|")
+    for r in ev["calibration_table_measured"]:
+        if r["n"] >= 50:
+            print(f"| {r['lo']:.2f}..{r['hi']:.2f} | {r['n']} | {_fmt(r['cov1'])} | "
+                  f"{_fmt(r['cov95'])} | {_fmt(r['z_mean'], '+.2f')} | {_fmt(r['z_std'], '.2f')} |")
+    wm = ev["worst_measured"]
+    print(f"\nRange over measured-flux bins with >= 50 sources: 1-sigma "
+          f"{wm['cov1'][0]:.3f}..{wm['cov1'][1]:.3f}, 95% {wm['cov95'][0]:.3f}..{wm['cov95'][1]:.3f}, "
+          f"flux z std {wm['z_std'][0]:.2f}..{wm['z_std'][1]:.2f}")
     w = ev["worst"]
-    print(f"\nRange over bins with >= 50 sources: 1-sigma {w['cov1'][0]:.3f}..{w['cov1'][1]:.3f}, "
+    print(f"Range over true-flux bins with >= 50 sources: 1-sigma {w['cov1'][0]:.3f}..{w['cov1'][1]:.3f}, "
           f"95% {w['cov95'][0]:.3f}..{w['cov95'][1]:.3f}, flux z std "
           f"{w['z_std'][0]:.2f}..{w['z_std'][1]:.2f}")
     print(f"Median position error {o['median_pos_err_px']:.3f} px; median |dlog10 F| "
           f"{o['median_abs_dlog10_flux']:.3f} dex")
     s = ev["source"]
-    print(f"source/FAKE: ECE {s['ece']:.3f}, AUC {s['auc']:.3f} (detector score alone "
-          f"{s['auc_detector_score']:.3f})")
+    print(f"source/FAKE: ECE {s['ece']:.3f}, AUC {s['auc']:.3f} (cutout only "
+          f"{s['auc_cutout_only']:.3f}, detector score alone {s['auc_detector_score']:.3f})")
     c = ev["classes"]
     print(f"AGN/PSR/FAKE: completeness {np.round(c['completeness'], 3).tolist()}, balanced "
           f"{c['balanced_completeness']:.3f}, balanced ECE {c['ece_balanced']:.3f}")
@@ -87,7 +98,8 @@ def simulated(char, n_test, seed, cache, nominal):
     real = test["real"].astype(bool)
     print("\n| ranking | P at R 0.5 | R at P 0.9 | R at P 0.97 |")
     print("|---|---|---|---|")
-    for name_, key in (("detector score", test["score"]), ("source_prob", res["source_prob"])):
+    for name_, key in (("detector score", test["score"]), ("source_prob", res["source_prob"]),
+                       ("cutout-only classifier", res["source_prob_cutout"])):
         o_ = np.argsort(-key, kind="stable")
         tp = np.cumsum(real[o_])
         prec = tp / np.arange(1, len(o_) + 1)
@@ -106,7 +118,7 @@ def challenge(char, seeds, min_score=0.1):
     det = get_detector(char.card["detector"], min_score=min_score)
     idx = np.arange(64, data.n_patches)
     truth = data.truth[data.truth["patch"] >= 64]
-    rows = {k: [] for k in ("score", "source_prob", "score_cut")}
+    rows = {k: [] for k in ("score", "source_prob", "source_prob_cutout", "score_cut")}
     cls_stats, flux_stats, times = [], [], []
     for seed in seeds:
         counts = ch.poisson_draw(data.expected, seed=seed)[idx]
@@ -117,13 +129,18 @@ def challenge(char, seeds, min_score=0.1):
         for i, c, tab in zip(idx, counts, tables):
             if len(tab) == 0:
                 continue
-            r = char.predict(c, np.asarray(tab["x_centroid"]), np.asarray(tab["y_centroid"]))
+            inputs, scal = char.make_input(c, np.asarray(tab["x_centroid"]),
+                                           np.asarray(tab["y_centroid"]))
+            raw = char.raw_outputs(inputs, scal)
+            r = char.combine(raw, score=np.asarray(tab["score"]))
+            r_cut = char.combine({"source": raw["source"]})
             x = np.rint(tab["x_centroid"]) + r["dx"]
             y = np.rint(tab["y_centroid"]) + r["dy"]
             lon, lat = ch.patch_pixel_to_sky(data.patch_lon[i], data.patch_lat[i], x, y)
             parts.append(Table({"patch": np.full(len(tab), i), "lon": lon, "lat": lat,
                                 "score": np.asarray(tab["score"]),
                                 "source_prob": r["source_prob"],
+                                "source_prob_cutout": r_cut["source_prob"],
                                 "cls_pred": r["class_prob"].argmax(1),
                                 "log10_flux": r["log10_flux"],
                                 "sigma_log10_flux": r["sigma_log10_flux"]}))
@@ -132,8 +149,11 @@ def challenge(char, seeds, min_score=0.1):
         pred = vstack(parts)
         by_prob = pred.copy()
         by_prob["score"] = pred["source_prob"]
+        by_cut = pred.copy()
+        by_cut["score"] = pred["source_prob_cutout"]
         cut = pred[pred["source_prob"] >= 0.5]
-        for key, tab in (("score", pred), ("source_prob", by_prob), ("score_cut", cut)):
+        for key, tab in (("score", pred), ("source_prob", by_prob),
+                         ("source_prob_cutout", by_cut), ("score_cut", cut)):
             curve = ch.precision_recall_curve(tab, truth)
             rows[key].append([float(ch.recall_at_precision(curve, p))
                               for p in (0.88, 0.90, 0.95, 0.97)])
@@ -159,6 +179,7 @@ def challenge(char, seeds, min_score=0.1):
     print("|---|---|---|---|---|")
     for key, label in (("score", "detector score (no cut)"),
                        ("source_prob", "source_prob (cut swept)"),
+                       ("source_prob_cutout", "cutout-only source/FAKE classifier (cut swept)"),
                        ("score_cut", "score, after source_prob >= 0.5")):
         a = np.array(rows[key])
         print(f"| {label} | " + " | ".join(f"{m:.3f} +- {s:.3f}" for m, s in

@@ -87,9 +87,25 @@ def test_binned_scales_recover_a_known_error_inflation():
     bright = rng.uniform(-10, -8, n)
     true_factor = np.where(bright < -9, 2.0, 0.5)
     z = rng.normal(size=n) * true_factor
-    c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(z[m] ** 2)), n_bins=4)
+    c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(z[m] ** 2)), width=0.5)
     assert len(c) == 4
     np.testing.assert_allclose(s, [2.0, 2.0, 0.5, 0.5], rtol=0.06)
+
+
+def test_bin_edges_merge_sparse_bins():
+    from astro_asid.characterize.train import _bin_edges
+    x = np.concatenate([np.full(500, 0.1), np.full(10, 0.6), np.full(10, 1.1)])
+    edges = _bin_edges(x, width=0.25, min_count=100)
+    counts = np.histogram(x, edges)[0]
+    assert counts.sum() == len(x) and np.all(counts >= 100)
+
+
+def test_coverage_scale_for_gaussian_and_inflated_errors():
+    from astro_asid.characterize.train import _coverage_scale
+    rng = np.random.default_rng(4)
+    r2 = (rng.normal(size=(2, 40000)) ** 2).sum(axis=0)
+    assert _coverage_scale(r2) == pytest.approx(1.0, abs=0.03)
+    assert _coverage_scale(4 * r2) == pytest.approx(2.0, rel=0.03)
 
 
 def test_temperature_fit_undoes_overconfidence():
@@ -261,3 +277,21 @@ def test_default_characterizer_on_a_simulated_patch():
     with pytest.warns(ASIDInputWarning, match="characterisation skipped"):
         cat2 = find_sources(b.counts[0].sum(axis=0), b.wcs(0), instrument="fermi-lat")
     assert np.all(cat2["source_prob"].mask)
+
+
+def test_cutout_input_modes():
+    from astro_asid.characterize.cutouts import cutout_input
+    rng = np.random.default_rng(5)
+    cut = rng.poisson(100.0, (3, 2, 9, 9)).astype(np.float32)
+    cut[:, :, 4, 4] += 300
+    val = np.ones((3, 9, 9), np.float32)
+    p, s = cutout_input(cut, val)
+    assert p.shape == (3, 3, 9, 9) and s.shape == (3, 0)
+    np.testing.assert_allclose(p[:, :2], np.log1p(cut), rtol=1e-6)
+    p, s = cutout_input(cut, val, "significance")
+    assert s.shape == (3, 2)
+    # the source stands out by ~30 sigma, the background is ~0
+    assert np.all(p[:, :2, 4, 4] > 20) and abs(np.median(p[:, :2])) < 0.2
+    np.testing.assert_allclose(s, np.log1p(np.median(cut.reshape(3, 2, -1), axis=2)), rtol=1e-6)
+    with pytest.raises(ValueError, match="mode"):
+        cutout_input(cut, val, "sqrt")

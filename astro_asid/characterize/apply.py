@@ -46,10 +46,12 @@ def resolve_characterizer(option, instrument):
                     f"not {type(option).__name__}")
 
 
-def characterize_candidates(option, image, candidates):
+def characterize_candidates(option, image, candidates, detector=None):
     """Run the characteriser ``option`` selects on ``candidates`` of ``image``.
 
-    Returns the candidates unchanged when no characteriser applies. An
+    ``detector`` names the detector that found the candidates (see
+    `Characterizer.characterize`). Returns the candidates unchanged when no
+    characteriser applies. An
     explicitly requested characteriser that cannot run on the image raises
     `ValueError`; the default one only warns (the columns stay masked).
     """
@@ -68,4 +70,4 @@ def characterize_candidates(option, image, candidates):
     for old, new in _RENAMED.items():
         if old in candidates.colnames:
             candidates.rename_column(old, new)
-    return model.characterize(image, candidates)
+    return model.characterize(image, candidates, detector=detector)

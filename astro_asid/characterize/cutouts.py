@@ -74,11 +74,39 @@ def extract_cutouts(data, x, y, size, mask=None, binning=1):
     return cut, val, offset
 
 
-def cutout_input(cutouts, valid):
-    """Network input: ``log1p`` of the counts per band plus the validity plane.
+def cutout_input(cutouts, valid, mode="log1p"):
+    """Network input planes and per-cutout scalars from counts cutouts.
 
-    ``log1p`` keeps the absolute brightness (which the flux head needs) while
-    compressing the dynamic range; no per-cutout normalisation is applied.
+    Parameters
+    ----------
+    cutouts : `~numpy.ndarray`
+        ``(n, n_bands, s, s)`` counts.
+    valid : `~numpy.ndarray`
+        ``(n, s, s)`` fraction of valid pixels.
+    mode : {"log1p", "significance"}
+        ``"log1p"``: ``log1p`` of the counts per band (keeps the absolute
+        brightness, which the flux head needs; right for sparse counts such as
+        Fermi-LAT's). ``"significance"``: ``(counts - m) / sqrt(m + 1)`` with
+        ``m`` the cutout's median per band, the background level then being
+        given as the scalars ``log1p(m)`` (for background-dominated maps such as
+        CTAO's, where a source is a small excess on a large level).
+
+    Returns
+    -------
+    planes : `~numpy.ndarray`
+        ``(n, n_bands + 1, s, s)`` float32 (the last plane is ``valid``).
+    scalars : `~numpy.ndarray`
+        ``(n, 0)`` for ``"log1p"``, ``(n, n_bands)`` for ``"significance"``.
     """
-    x = np.log1p(np.clip(np.asarray(cutouts, np.float32), 0, None))
-    return np.concatenate([x, np.asarray(valid, np.float32)[:, None]], axis=1)
+    c = np.clip(np.asarray(cutouts, np.float32), 0, None)
+    n = len(c)
+    if mode == "log1p":
+        x, scal = np.log1p(c), np.zeros((n, 0), np.float32)
+    elif mode == "significance":
+        m = np.median(c.reshape(n, c.shape[1], -1), axis=2)
+        x = (c - m[:, :, None, None]) / np.sqrt(m + 1.0)[:, :, None, None]
+        scal = np.log1p(m).astype(np.float32)
+    else:
+        raise ValueError(f"mode must be 'log1p' or 'significance', not {mode!r}")
+    planes = np.concatenate([x, np.asarray(valid, np.float32)[:, None]], axis=1)
+    return planes.astype(np.float32), scal

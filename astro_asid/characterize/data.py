@@ -37,7 +37,8 @@ INSTRUMENTS = {
                       flux_unit="cm-2 s-1", flux_band="1-100 GeV"),
     "ctao": dict(detector="asid-ctao", cutouts=[{"size": 32, "binning": 2},
                                                 {"size": 32, "binning": 4}],
-                 match_radius_px=8.0, class_names=["source", "FAKE"],
+                 input="significance",
+                 match_radius_px=8.0, class_names=["source", "FAKE"], inject_snr=5.0,
                  ext_class_names=["C0", "C1", "C2"], ext_edges_deg=[0.1, 0.3],
                  flux_unit="cm-2 s-1", flux_band=">1 TeV"),
 }
@@ -78,7 +79,7 @@ def _aperture_snr(counts, bkg, x, y, radius=2.0):
 
 def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0,
                         exposure_range=(0.3, 3.0), background_range=(0.5, 2.0), chunk=200,
-                        density=None, log=print):
+                        density=None, inject_snr=None, log=print):
     """Run a detector on simulated patches and label its candidates.
 
     Parameters
@@ -98,6 +99,11 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
     density : float, optional
         CTAO only: source density relative to the survey's (default: the
         detector's training density, `~astro_asid.training.fermi.CTAO_TRAIN_DENSITY`).
+    inject_snr : float, optional
+        Also add the true sources with at least this matched-filter significance
+        that the detector missed, at their true position plus 1 px of Gaussian
+        jitter (``injected`` True, ``score`` NaN): extended sources are rarely
+        detected, so this gives the extension head enough examples.
 
     Returns
     -------
@@ -106,7 +112,7 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
         ``valid`` (``(n, n_scales, s, s)`` uint8 x 255), ``scalars``
         (sub-pixel offset), ``real``, ``tx``, ``ty``, ``log10_flux``,
         ``cls``, ``extension``, ``snr``, ``snr_obs``, ``score``, ``exposure``,
-        ``bscale``, ``patch``.
+        ``bscale``, ``patch``, ``injected``.
     """
     from astro_asid.plugins.manager import get_registry
     from astro_asid.training.fermi import _significance
@@ -132,8 +138,6 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
         tabs = detector.detect_arrays(counts)
         psf = _psf_sigma_px(b, instrument)
         for j, cand in enumerate(tabs):
-            if len(cand) == 0:
-                continue
             truth = b.sources[j]
             x = np.asarray(cand["x_centroid"], float)
             y = np.asarray(cand["y_centroid"], float)
@@ -141,16 +145,8 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
             tflux = _true_flux(truth, instrument)
             _, match = match_detections(x, y, score, truth["x"], truth["y"], tflux,
                                         radius=spec["match_radius_px"])
-            real = match >= 0
-            mj = np.where(real, match, 0)
-            rec = {}
-            rec["score"] = score
-            rec["real"] = real
-            rec["scalars"] = np.column_stack([x - np.rint(x), y - np.rint(y)])
+            injected = np.zeros(len(x), bool)
             if len(truth):
-                tx = np.asarray(truth["x"], float)[mj] - np.rint(x)
-                ty = np.asarray(truth["y"], float)[mj] - np.rint(y)
-                fl = np.log10(tflux[mj] * e[j])
                 cb = np.asarray(truth["counts_band"], float).reshape(len(truth), -1)
                 r = np.clip(np.rint(np.asarray(truth["y"], float)).astype(int), 0,
                             counts.shape[2] - 1)
@@ -158,7 +154,32 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
                             counts.shape[3] - 1)
                 ext_px = (np.asarray(truth["sigma_deg"], float) / b.cdelt
                           if "sigma_deg" in truth.colnames else None)
-                snr = _significance(e[j] * cb, lam_bg[j][:, r, c].T, psf, ext_px)[mj]
+                snr_all = _significance(e[j] * cb, lam_bg[j][:, r, c].T, psf, ext_px)
+                if inject_snr is not None:
+                    # significant true sources the detector missed, at their true position
+                    # plus a pixel of jitter: more (extended) examples for the regression
+                    # and extension heads, excluded from the source/FAKE head
+                    missed = np.setdiff1d(np.flatnonzero(snr_all >= inject_snr), match)
+                    jit = rng.normal(0, 1.0, (2, len(missed)))
+                    x = np.concatenate([x, np.asarray(truth["x"], float)[missed] + jit[0]])
+                    y = np.concatenate([y, np.asarray(truth["y"], float)[missed] + jit[1]])
+                    score = np.concatenate([score, np.full(len(missed), np.nan)])
+                    match = np.concatenate([match, missed])
+                    injected = np.concatenate([injected, np.ones(len(missed), bool)])
+            if len(x) == 0:
+                continue
+            real = match >= 0
+            mj = np.where(real, match, 0)
+            rec = {}
+            rec["score"] = score
+            rec["real"] = real
+            rec["injected"] = injected
+            rec["scalars"] = np.column_stack([x - np.rint(x), y - np.rint(y)])
+            if len(truth):
+                tx = np.asarray(truth["x"], float)[mj] - np.rint(x)
+                ty = np.asarray(truth["y"], float)[mj] - np.rint(y)
+                fl = np.log10(tflux[mj] * e[j])
+                snr = snr_all[mj]
                 cls = (np.asarray(truth["cls"], int)[mj] if "cls" in truth.colnames
                        else np.zeros(len(x), int))
                 ext = (np.asarray(truth["sigma_deg"], float)[mj] if "sigma_deg" in truth.colnames

@@ -78,8 +78,12 @@ def balanced_completeness(label, pred, k):
 
 
 def calibration_table(log10_flux_true, ex, ey, sx, sy, log10_flux_pred, sigma_log10,
-                      bins, min_count=50):
-    """Per true-flux bin: counts, ellipse coverages and flux z-score statistics.
+                      bins, min_count=50, truth=None):
+    """Per flux bin: counts, ellipse coverages and flux z-score statistics.
+
+    The bins are of ``log10_flux_true``; to bin by another quantity (e.g. the
+    measured flux), pass it as ``log10_flux_true`` and the true log10 flux as
+    ``truth``.
 
     Returns
     -------
@@ -90,12 +94,13 @@ def calibration_table(log10_flux_true, ex, ey, sx, sy, log10_flux_pred, sigma_lo
         (``n >= min_count``).
     """
     f = np.asarray(log10_flux_true, float)
+    t = f if truth is None else np.asarray(truth, float)
     rows = []
     for lo, hi in zip(bins[:-1], bins[1:]):
         m = (f >= lo) & (f < hi)
         c1, c95 = ellipse_coverage(ex[m], ey[m], sx[m], sy[m])
-        zm, zs = zscore_stats(f[m], log10_flux_pred[m], sigma_log10[m])
-        d = f[m] - np.asarray(log10_flux_pred)[m]
+        zm, zs = zscore_stats(t[m], log10_flux_pred[m], sigma_log10[m])
+        d = t[m] - np.asarray(log10_flux_pred)[m]
         rows.append(dict(lo=float(lo), hi=float(hi), n=int(m.sum()), cov1=c1, cov95=c95,
                          z_mean=zm, z_std=zs,
                          sigma_median=float(np.median(sigma_log10[m])) if m.any() else np.nan,

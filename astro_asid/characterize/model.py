@@ -144,14 +144,16 @@ class Characterizer:
     # -- network -------------------------------------------------------------------------
     def make_input(self, data, x, y, mask=None):
         """Network input and scalars for candidates at ``(x, y)`` of one image."""
-        planes = []
+        planes, extra = [], []
         for sc in self.scales:
             cut, val, _ = extract_cutouts(data, x, y, sc["size"], mask=mask,
                                           binning=sc.get("binning", 1))
-            planes.append(cutout_input(cut, val))
+            p, e = cutout_input(cut, val, self.card.get("input", "log1p"))
+            planes.append(p)
+            extra.append(e)
         x = np.atleast_1d(np.asarray(x, float))
         y = np.atleast_1d(np.asarray(y, float))
-        scalars = np.column_stack([x - np.rint(x), y - np.rint(y)]).astype(np.float32)
+        scalars = np.column_stack([x - np.rint(x), y - np.rint(y)] + extra).astype(np.float32)
         return np.concatenate(planes, axis=1), scalars
 
     def raw_outputs(self, inputs, scalars, batch_size=1024):
@@ -169,7 +171,7 @@ class Characterizer:
                     out.setdefault(k, []).append(np.concatenate(v))
         return {k: np.stack(v) for k, v in out.items()}
 
-    def combine(self, raw, calibrated=True):
+    def combine(self, raw, calibrated=True, score=None):
         """Ensemble means, standard deviations and probabilities from `raw_outputs`.
 
         Returns
@@ -179,6 +181,14 @@ class Characterizer:
             candidate's nearest pixel), ``log10_flux``, ``sigma_log10_flux``,
             ``source_prob``, ``class_prob`` and, for extension models,
             ``extension``, ``extension_err`` (deg) and ``ext_prob``.
+
+        Notes
+        -----
+        With ``score`` (the calibrated scores of the detector whose candidates
+        trained the model), ``source_prob`` combines the cutout's source logit
+        with the detector's score (the logistic regression in the card's
+        ``calibration["source_stack"]``, fitted on the calibration set); without
+        it, it is the temperature-scaled cutout classifier alone.
         """
         cal = self.card.get("calibration", {}) if calibrated else {}
         temps = cal.get("temperature", {})
@@ -208,8 +218,15 @@ class Characterizer:
             res["sigma_log10_flux"] = (res["sigma_log10_flux"]
                                        * SigmaCalibration.from_dict(cal["flux"])(bright))
         if "source" in raw:
-            z = raw["source"][..., 0].mean(0) / temps.get("source", 1.0)
-            res["source_prob"] = _sigmoid(z)
+            z = raw["source"][..., 0].mean(0)
+            stack = cal.get("source_stack")
+            if score is not None and stack:
+                s = np.clip(np.asarray(score, float), 1e-4, 1 - 1e-4)
+                feats = np.column_stack([np.log(s / (1 - s)), z])
+                res["source_prob"] = _sigmoid(feats @ np.asarray(stack["coef"], float)
+                                              + float(stack["intercept"]))
+            else:
+                res["source_prob"] = _sigmoid(z / temps.get("source", 1.0))
         if "cls" in raw:
             res["class_prob"] = _softmax(raw["cls"].mean(0) / temps.get("cls", 1.0))
             res["class_prob_spread"] = _softmax_members(raw["cls"], temps.get("cls", 1.0))
@@ -223,14 +240,14 @@ class Characterizer:
             res["ext_prob"] = _softmax(raw["ext_cls"].mean(0) / temps.get("ext_cls", 1.0))
         return res
 
-    def predict(self, data, x, y, mask=None, calibrated=True):
+    def predict(self, data, x, y, mask=None, calibrated=True, score=None):
         """`combine` of the ensemble for candidates at ``(x, y)`` of ``data``
-        (``(n_bands, ny, nx)`` counts)."""
+        (``(n_bands, ny, nx)`` counts); ``score``: see `combine`."""
         inputs, scalars = self.make_input(data, x, y, mask)
         if len(inputs) == 0:
             return self.combine({k: np.zeros((len(self.members), 0, v)) for k, v in
                                  self.members[0].config["heads"].items()}, calibrated)
-        return self.combine(self.raw_outputs(inputs, scalars), calibrated)
+        return self.combine(self.raw_outputs(inputs, scalars), calibrated, score)
 
     # -- catalog -------------------------------------------------------------------------
     def check_image(self, image):
@@ -270,7 +287,7 @@ class Characterizer:
             s = np.exp(np.mean(np.log(ratio), axis=1))
         return np.where(np.isfinite(s) & (s > 0), s, np.nan)
 
-    def characterize(self, image, candidates):
+    def characterize(self, image, candidates, detector=None):
         """Fill position errors, fluxes and classes of ``candidates`` found in ``image``.
 
         Parameters
@@ -278,6 +295,10 @@ class Characterizer:
         image : `~astro_asid.SkyImage`
         candidates : `~astropy.table.QTable`
             Validated detector output (``x_centroid``, ``y_centroid``, ``score``...).
+        detector : str, optional
+            Name of the detector that found them: when it is the one the model
+            was trained on (``card["detector"]``), ``source_prob`` also uses its
+            ``score`` (see `combine`).
 
         Returns
         -------
@@ -291,7 +312,10 @@ class Characterizer:
         cands = QTable(candidates, copy=True)
         x = np.asarray(cands["x_centroid"], float)
         y = np.asarray(cands["y_centroid"], float)
-        r = self.predict(image.filled(0.0), x, y, mask=image.mask)
+        stacked = (detector is not None and detector == self.card.get("detector")
+                   and "source_stack" in self.card.get("calibration", {}))
+        score = np.asarray(cands["score"], float) if stacked else None
+        r = self.predict(image.filled(0.0), x, y, mask=image.mask, score=score)
         half = min(sc["size"] * sc.get("binning", 1) for sc in self.scales) / 2.0
         if "dx" in r:
             cands["x_detector"] = x
@@ -320,9 +344,10 @@ class Characterizer:
             cands["extension_err"] = r["extension_err"] * u.deg
         if "ext_prob" in r:
             cands["extension_prob"] = r["ext_prob"]
-        cands.meta["characterizer"] = {"name": self.card.get("name"),
-                                       "sha256": self.card.get("sha256"),
-                                       "trained_on": self.card.get("detector")}
+        cands.meta["characterizer"] = {
+            "name": self.card.get("name"), "sha256": self.card.get("sha256"),
+            "trained_on": self.card.get("detector"),
+            "source_prob": "cutout + detector score" if stacked else "cutout only"}
         if "flux" in self.card:
             cands.meta["flux_band"] = self.card["flux"].get("band")
             if image.exposure is None or self.card["flux"].get("nominal_exposure") is None:

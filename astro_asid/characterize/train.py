@@ -16,9 +16,10 @@ Recipe
    detector's own output) and class-weighted cross-entropy for the classes
    (balanced, as in seed 002).
 3. Calibration on the calibration set: temperatures of the classification
-   heads (negative log-likelihood), and per bin of predicted brightness a
-   factor on the predicted standard deviations of position (matching the
-   median of the 2-D chi-square) and flux (unit root-mean-square z-score).
+   heads (negative log-likelihood), and per 0.25 dex bin of predicted
+   brightness (merged up to >= 150 sources) a factor on the predicted
+   standard deviations of position (2-D coverage of the 1-sigma and 95 %
+   ellipses, see `_coverage_scale`) and flux (unit root-mean-square z-score).
 4. The test set gives the card's metrics (`evaluate`).
 
 Command::
@@ -43,30 +44,40 @@ from astro_asid.characterize.model import Characterizer, CHARACTERIZER_NAMES, Si
 from astro_asid.characterize.network import CutoutNet
 
 __all__ = ["inputs_from_arrays", "train_members", "fit_calibration", "evaluate",
-           "train_characterizer", "main"]
+           "train_characterizer", "recalibrate_characterizer", "main"]
 
 
-def inputs_from_arrays(d, n_scales):
-    """Network input ``(n, n_scales * (n_bands + 1), s, s)`` from stored arrays."""
+def inputs_from_arrays(d, n_scales, mode="log1p"):
+    """Network input ``(n, n_scales * (n_bands + 1), s, s)`` and scalars (the
+    sub-pixel offset, then `~astro_asid.characterize.cutouts.cutout_input`'s)
+    from stored arrays."""
+    from astro_asid.characterize.cutouts import cutout_input
     cut = d["cutouts"]
     nb = cut.shape[1] // n_scales
-    planes = []
+    planes, scal = [], [d["scalars"].astype(np.float32)]
     for s in range(n_scales):
-        planes.append(np.log1p(cut[:, s * nb:(s + 1) * nb].astype(np.float32)))
-        planes.append(d["valid"][:, s:s + 1].astype(np.float32) / 255.0)
-    return np.concatenate(planes, axis=1)
+        p, e = cutout_input(cut[:, s * nb:(s + 1) * nb], d["valid"][:, s] / 255.0, mode)
+        planes.append(p)
+        scal.append(e)
+    return np.concatenate(planes, axis=1), np.concatenate(scal, axis=1)
+
+
+def _injected(d):
+    """Examples that are not detector candidates (see ``simulate_candidates(inject_snr=)``)."""
+    return d["injected"].astype(bool) if "injected" in d else np.zeros(len(d["real"]), bool)
 
 
 def _augment(x, scal, tx, ty, k, flip):
     """Rotate by k * 90 deg (counter-clockwise in array display) and flip in x."""
+    # only the first two scalars (the sub-pixel offset) are a vector
     if flip:
         x = torch.flip(x, (3,))
-        scal = scal * torch.tensor([-1.0, 1.0])
+        scal = torch.cat([-scal[:, :1], scal[:, 1:]], dim=1)
         tx = -tx
     for _ in range(k):
         x = torch.rot90(x, 1, dims=(2, 3))
         # (dx, dy) -> (dy, -dx): see astro_asid.training.fermi.PatchPool._transform
-        scal = torch.stack([scal[:, 1], -scal[:, 0]], dim=1)
+        scal = torch.cat([scal[:, 1:2], -scal[:, :1], scal[:, 2:]], dim=1)
         tx, ty = ty, -tx
     return x, scal, tx, ty
 
@@ -88,7 +99,9 @@ def _loss(out, b, class_weights, ext_weights=None):
         f = out["flux"]
         parts["flux"] = (_gauss_nll(f[:, 0], f[:, 1], b["flux"]) * real).sum() / nreal
     if "source" in out:
-        parts["src"] = F.binary_cross_entropy_with_logits(out["source"][:, 0], real)
+        w = b["detected"]
+        bce = F.binary_cross_entropy_with_logits(out["source"][:, 0], real, reduction="none")
+        parts["src"] = (bce * w).sum() / w.sum().clamp(min=1.0)
     if "cls" in out:
         parts["cls"] = F.cross_entropy(out["cls"], b["cls"], weight=class_weights)
     if "extension" in out:
@@ -104,10 +117,12 @@ def _loss(out, b, class_weights, ext_weights=None):
 def _tensors(d, spec, flux_norm):
     n_scales = len(spec["cutouts"])
     real = d["real"].astype(np.float32)
+    x, scal = inputs_from_arrays(d, n_scales, spec.get("input", "log1p"))
     t = {
-        "x": torch.from_numpy(inputs_from_arrays(d, n_scales)),
-        "scal": torch.from_numpy(d["scalars"].astype(np.float32)),
+        "x": torch.from_numpy(x),
+        "scal": torch.from_numpy(scal),
         "real": torch.from_numpy(real),
+        "detected": torch.from_numpy(~_injected(d)).float(),
         "tx": torch.from_numpy(np.nan_to_num(d["tx"]).astype(np.float32)),
         "ty": torch.from_numpy(np.nan_to_num(d["ty"]).astype(np.float32)),
         "flux": torch.from_numpy(np.nan_to_num((d["log10_flux"] - flux_norm[0])
@@ -205,27 +220,80 @@ def _fit_temperature(logits, labels, weights=None, binary=False):
     return float(best_t)
 
 
-def _binned_scales(predictor, stat, n_bins=6, min_count=200):
-    """Bin centres (quantiles of ``predictor``) and ``stat(indices)`` per bin."""
-    n_bins = max(1, min(n_bins, len(predictor) // min_count))
-    edges = np.quantile(predictor, np.linspace(0, 1, n_bins + 1))
+def _bin_edges(predictor, width=0.25, min_count=150):
+    """Edges of ``width``-wide bins of ``predictor``, neighbours merged until each
+    bin holds at least ``min_count`` values."""
+    lo = np.floor(predictor.min() / width) * width
+    hi = np.ceil(predictor.max() / width) * width + width / 2
+    fine = np.arange(lo, hi, width)
+    counts = np.histogram(predictor, fine)[0]
+    edges, acc = [fine[0]], 0
+    for e, c in zip(fine[1:], counts):
+        acc += c
+        if acc >= min_count:
+            edges.append(e)
+            acc = 0
+    if acc:  # a sparse tail joins the last full bin
+        if len(edges) > 1:
+            edges[-1] = fine[-1]
+        else:
+            edges.append(fine[-1])
+    return np.asarray(edges)
+
+
+def _binned_scales(predictor, stat, width=0.25, min_count=150):
+    """Bin centres (medians of ``predictor``) and ``stat(indices)`` per bin of
+    `_bin_edges`."""
+    edges = _bin_edges(predictor, width, min_count)
+    idx = np.clip(np.searchsorted(edges, predictor, side="right") - 1, 0, len(edges) - 2)
     centres, scales = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = np.flatnonzero((predictor >= lo) & (predictor <= hi))
-        centres.append(float(np.median(predictor[m])))
-        scales.append(float(stat(m)))
+    for b in range(len(edges) - 1):
+        m = np.flatnonzero(idx == b)
+        if len(m):
+            centres.append(float(np.median(predictor[m])))
+            scales.append(float(stat(m)))
     return centres, scales
+
+
+_SCALE_GRID = np.exp(np.linspace(np.log(0.25), np.log(4.0), 801))
+
+
+def _coverage_scale(r2):
+    """Factor on the 1-sigma errors that brings the 2-D coverages of the 1-sigma and
+    2.45-sigma ellipses closest to 0.393 and 0.950 (each deviation in units of the
+    issue's tolerance, 0.03 and 0.02): a compromise when the errors have heavier
+    tails than a Gaussian."""
+    r2 = np.sort(r2)
+    n = len(r2)
+    c1 = np.searchsorted(r2, _SCALE_GRID ** 2, side="right") / n
+    c95 = np.searchsorted(r2, metrics.R2_95 * _SCALE_GRID ** 2, side="right") / n
+    loss = ((c1 - metrics.COVERAGE_1SIGMA) / 0.03) ** 2 + ((c95 - metrics.COVERAGE_95) / 0.02) ** 2
+    return float(_SCALE_GRID[np.argmin(loss)])
 
 
 def fit_calibration(char, cal, spec):
     """Temperatures and sigma scale factors from the calibration set (sets the card)."""
-    n_scales = len(spec["cutouts"])
-    raw = char.raw_outputs(inputs_from_arrays(cal, n_scales), cal["scalars"].astype(np.float32))
+    raw = char.raw_outputs(*inputs_from_arrays(cal, len(spec["cutouts"]),
+                                               char.card.get("input", "log1p")))
     res = char.combine(raw, calibrated=False)
     real = cal["real"].astype(bool)
     calib = {"temperature": {}}
-    calib["temperature"]["source"] = _fit_temperature(raw["source"][..., 0].mean(0),
-                                                      real.astype(float), binary=True)
+    det = ~_injected(cal)
+    calib["temperature"]["source"] = _fit_temperature(raw["source"][..., 0].mean(0)[det],
+                                                      real[det].astype(float), binary=True)
+    score = np.asarray(cal["score"], float)
+    if np.isfinite(score[det]).all() and len(np.unique(real[det])) == 2:
+        # the detector's own score is the strongest single real/FAKE feature: the
+        # stacked source_prob adds the cutout logit to it (for that detector only)
+        from sklearn.linear_model import LogisticRegression
+        s = np.clip(score[det], 1e-4, 1 - 1e-4)
+        feats = np.column_stack([np.log(s / (1 - s)), raw["source"][..., 0].mean(0)[det]])
+        lr = LogisticRegression(C=1.0, max_iter=1000).fit(feats, real[det])
+        calib["source_stack"] = {"detector": spec["detector"],
+                                 "features": ["logit(score)", "cutout source logit"],
+                                 "coef": lr.coef_[0].tolist(),
+                                 "intercept": float(lr.intercept_[0])}
+    char.card["calibration"] = calib
     if "cls" in raw:
         k = raw["cls"].shape[-1]
         lab = cal["cls"].astype(int)
@@ -235,8 +303,7 @@ def fit_calibration(char, cal, spec):
     ex = cal["tx"][real] - res["dx"][real]
     ey = cal["ty"][real] - res["dy"][real]
     r2 = (ex / res["sigma_x"][real]) ** 2 + (ey / res["sigma_y"][real]) ** 2
-    # the median of a 2-dof chi-square is 2 ln 2
-    c, s = _binned_scales(bright, lambda m: np.sqrt(np.median(r2[m]) / (2 * np.log(2))))
+    c, s = _binned_scales(bright, lambda m: _coverage_scale(r2[m]))
     calib["position"] = {"centres": c, "scales": s}
     z = (cal["log10_flux"][real] - bright) / res["sigma_log10_flux"][real]
     c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(z[m] ** 2)))
@@ -260,21 +327,32 @@ def flux_bins(log10_flux, width=0.25):
     return np.arange(lo, hi + width / 2, width)
 
 
+def _extremes(rows):
+    return {k: [min(r[k] for r in rows), max(r[k] for r in rows)] if rows else None
+            for k in ("cov1", "cov95", "z_std")}
+
+
 def evaluate(char, test, spec, min_count=50):
     """Metrics of a calibrated characteriser on a labelled test set.
 
     Returns
     -------
     dict
-        ``calibration_table`` (per true-flux bin), ``worst`` (the extremes over
-        bins with ``>= min_count`` sources), ``source`` (ECE, AUC), ``classes``
+        ``calibration_table`` (per bin of true flux) and
+        ``calibration_table_measured`` (per bin of the measured flux), ``worst``
+        and ``worst_measured`` (the extremes over bins with ``>= min_count``
+        sources), ``source`` (ECE, AUC), ``classes``
         (balanced completeness, confusion, ECE), ``extension`` (CTAO), and the
         per-candidate predictions ``pred`` for further tables.
     """
-    n_scales = len(spec["cutouts"])
-    raw = char.raw_outputs(inputs_from_arrays(test, n_scales), test["scalars"].astype(np.float32))
+    raw = char.raw_outputs(*inputs_from_arrays(test, len(spec["cutouts"]),
+                                               char.card.get("input", "log1p")))
     res = char.combine(raw)
     real = test["real"].astype(bool)
+    if "source_stack" in char.card.get("calibration", {}):
+        score = np.where(np.isfinite(test["score"]), test["score"], 0.5)
+        res["source_prob_cutout"] = res["source_prob"]
+        res["source_prob"] = char.combine({"source": raw["source"]}, score=score)["source_prob"]
     ex = test["tx"] - res["dx"]
     ey = test["ty"] - res["dy"]
     f = test["log10_flux"]
@@ -282,7 +360,13 @@ def evaluate(char, test, spec, min_count=50):
     table = metrics.calibration_table(f[real], ex[real], ey[real], res["sigma_x"][real],
                                       res["sigma_y"][real], res["log10_flux"][real],
                                       res["sigma_log10_flux"][real], bins, min_count)
+    table_meas = metrics.calibration_table(res["log10_flux"][real], ex[real], ey[real],
+                                           res["sigma_x"][real], res["sigma_y"][real],
+                                           res["log10_flux"][real],
+                                           res["sigma_log10_flux"][real], bins, min_count,
+                                           truth=f[real])
     ok = [r for r in table if r["ok"]]
+    ok_meas = [r for r in table_meas if r["ok"]]
     c1, c95 = metrics.ellipse_coverage(ex[real], ey[real], res["sigma_x"][real],
                                        res["sigma_y"][real])
     zm, zs = metrics.zscore_stats(f[real], res["log10_flux"][real],
@@ -292,15 +376,16 @@ def evaluate(char, test, spec, min_count=50):
                        "median_pos_err_px": float(np.median(np.hypot(ex[real], ey[real]))),
                        "median_abs_dlog10_flux": float(np.median(np.abs(
                            f[real] - res["log10_flux"][real])))},
-           "calibration_table": table,
-           "worst": {"cov1": [min(r["cov1"] for r in ok), max(r["cov1"] for r in ok)],
-                     "cov95": [min(r["cov95"] for r in ok), max(r["cov95"] for r in ok)],
-                     "z_std": [min(r["z_std"] for r in ok), max(r["z_std"] for r in ok)]}}
+           "calibration_table": table, "calibration_table_measured": table_meas,
+           "worst": _extremes(ok), "worst_measured": _extremes(ok_meas)}
     from sklearn.metrics import roc_auc_score
-    sp = res["source_prob"]
-    out["source"] = {"ece": metrics.expected_calibration_error(sp, real.astype(int)),
-                     "auc": float(roc_auc_score(real, sp)),
-                     "auc_detector_score": float(roc_auc_score(real, test["score"]))}
+    det = ~_injected(test)
+    sp = res["source_prob"][det]
+    out["source"] = {"ece": metrics.expected_calibration_error(sp, real[det].astype(int)),
+                     "auc": float(roc_auc_score(real[det], sp)),
+                     "auc_cutout_only": float(roc_auc_score(
+                         real[det], res.get("source_prob_cutout", res["source_prob"])[det])),
+                     "auc_detector_score": float(roc_auc_score(real[det], test["score"][det]))}
     if "class_prob" in res:
         k = res["class_prob"].shape[1]
         lab = test["cls"].astype(int)
@@ -315,8 +400,11 @@ def evaluate(char, test, spec, min_count=50):
     if "ext_prob" in res:
         lab = np.digitize(test["extension"][real], spec["ext_edges_deg"])
         pred = res["ext_prob"][real].argmax(1)
+        on_det = ~_injected(test)[real]
+        pd_ = res["ext_prob"][real][on_det].argmax(1)
         out["extension"] = {
             "names": spec["ext_class_names"],
+            "confusion_detected_only": metrics.confusion_matrix(lab[on_det], pd_, 3).tolist(),
             "confusion": metrics.confusion_matrix(lab, pred, 3).tolist(),
             "point_vs_extended_accuracy": float(np.mean((lab == 0) == (pred == 0))),
             "accuracy": float(np.mean(lab == pred))}
@@ -336,6 +424,7 @@ def _load_or_simulate(cache, name, n, instrument, seed, log, **kw):
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     log(f"simulating the {name} set: {n} patches (seed {seed})")
+    kw.setdefault("inject_snr", INSTRUMENTS[instrument].get("inject_snr"))
     d = simulate_candidates(n, instrument=instrument, seed=seed, log=log, **kw)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,6 +473,7 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
                        "flux with errors, source/FAKE and class probabilities",
         "n_bands": int(train["cutouts"].shape[1] // len(spec["cutouts"])),
         "cutouts": spec["cutouts"],
+        "input": spec.get("input", "log1p"),
         "class_names": spec["class_names"],
         "flux": {"log10_mean": flux_norm[0], "log10_std": flux_norm[1],
                  "unit": spec["flux_unit"], "band": spec["flux_band"]},
@@ -424,6 +514,25 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
     return char
 
 
+def recalibrate_characterizer(path, n_calibration=3000, n_test=3000, seed=0, cache=None,
+                              log=print):
+    """Refit the calibration of a trained characteriser and re-evaluate it (the members
+    are unchanged; the sets are those `train_characterizer` would use with ``seed``)."""
+    char = Characterizer.load(path)
+    instrument = char.instrument
+    spec = INSTRUMENTS[instrument]
+    survey = {"density": 1.0} if instrument == "ctao" else {}
+    cal = _load_or_simulate(cache, "calibration", n_calibration, instrument, seed * 10 + 2, log,
+                            **survey)
+    test = _load_or_simulate(cache, "test", n_test, instrument, seed * 10 + 3, log, **survey)
+    fit_calibration(char, cal, spec)
+    ev = evaluate(char, test, spec)
+    ev.pop("pred")
+    char.card["metrics"] = ev
+    char.save(path)
+    return char
+
+
 def add_arguments(parser):
     """Options of ``asid train characterizer``."""
     parser.add_argument("--n-patches", type=int, default=12000,
@@ -449,8 +558,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="asid-characterizer")
+    p.add_argument("--recalibrate", default=None, metavar="PATH",
+                   help="only refit the calibration of the characteriser at PATH")
     add_arguments(p)
     a = p.parse_args(argv)
+    if a.recalibrate:
+        recalibrate_characterizer(a.recalibrate, a.n_calibration_patches, a.n_test, a.seed,
+                                  a.cache)
+        return 0
     command = "python -m astro_asid.characterize.train " + " ".join(
         shlex.quote(x) for x in (sys.argv[1:] if argv is None else argv))
     train_characterizer(a.instrument, n_patches=a.n_patches,

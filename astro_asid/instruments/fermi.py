@@ -1206,10 +1206,11 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
         model = resolve_characterizer(characterize, instrument)
         # every tile has the same geometry: one check decides for all of them
         if model is not None and characterize is None and model.check_image(image(table_tiles[0])):
-            characterize_candidates(None, image(table_tiles[0]), tables[0])  # warns why
+            characterize_candidates(None, image(table_tiles[0]), tables[0],
+                                    detector=det.name)  # warns why
         elif model is not None:
             with _blas_limit(blas_threads):
-                tables = [characterize_candidates(model, image(i), t)
+                tables = [characterize_candidates(model, image(i), t, detector=det.name)
                           for t, i in zip(tables, table_tiles)]
             for key in ("characterizer", "flux_band", "flux_exposure"):
                 if tables[0].meta.get(key) is not None:
