@@ -172,7 +172,7 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     for key in ("model_name", "model_sha256"):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
-    for key in ("characterizer", "flux_band", "flux_exposure"):
+    for key in ("characterizer", "flux_band", "flux_exposure", "flux_energy_range"):
         if cands.meta.get(key) is not None:
             meta[key] = cands.meta[key]
     cat = build_catalog(cands, sky, meta=meta)

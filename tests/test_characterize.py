@@ -291,7 +291,29 @@ def test_cutout_input_modes():
     p, s = cutout_input(cut, val, "significance")
     assert s.shape == (3, 2)
     # the source stands out by ~30 sigma, the background is ~0
-    assert np.all(p[:, :2, 4, 4] > 20) and abs(np.median(p[:, :2])) < 0.2
+    assert np.all(p[:, :2, 4, 4] > np.arcsinh(20)) and abs(np.median(p[:, :2])) < 0.2
     np.testing.assert_allclose(s, np.log1p(np.median(cut.reshape(3, 2, -1), axis=2)), rtol=1e-6)
     with pytest.raises(ValueError, match="mode"):
         cutout_input(cut, val, "sqrt")
+
+
+def test_to_gammapy_models_uses_extension_class_and_flux_band():
+    pytest.importorskip("gammapy")
+    from astropy.coordinates import SkyCoord
+    from astropy.table import QTable
+    from astro_asid.catalog import to_gammapy_models
+    cat = QTable()
+    cat["id"] = [1, 2]
+    cat["sky_centroid"] = SkyCoord([0.0, 1.0], [0.0, 0.5], unit="deg", frame="galactic")
+    cat["sky_centroid_err"] = np.full((2, 2), 0.01) * u.deg
+    cat["flux"] = [1e-12, 2e-12] * u.Unit("cm-2 s-1")
+    cat["extension"] = [0.02, 0.2] * u.deg
+    cat["extension_prob"] = np.array([[0.9, 0.08, 0.02], [0.1, 0.8, 0.1]])
+    cat.meta.update(energy_edges=[0.07, 0.788, 8.88, 100.0], energy_unit="TeV",
+                    flux_energy_range=[1.0, 100.0, "TeV"], flux_spectral_index=2.2)
+    models = to_gammapy_models(cat)
+    assert models[0].spatial_model.tag[0] == "PointSpatialModel"
+    assert models[1].spatial_model.tag[0] == "GaussianSpatialModel"
+    # the amplitude reproduces the flux above 1 TeV, not over the whole cube
+    f = models[0].spectral_model.integral(1 * u.TeV, 100 * u.TeV).to_value("cm-2 s-1")
+    assert f == pytest.approx(1e-12, rel=1e-6)

@@ -501,3 +501,24 @@ def test_gammapy_input_errors(toy_dataset):
     cat = find_sources_gammapy(flux_map, psf_sigma_deg=0.07)
     assert cat.meta["detector"] != "tsmap"
     assert find_sources_gammapy(ds.counts, psf_sigma_deg=0.07).meta["detector"] == "tsmap"
+
+
+def test_find_sources_healpix_characterizes_five_band_tiles(overlap_sources):
+    from astro_asid.characterize import shipped_characterizer
+    if shipped_characterizer("fermi-lat") is None:
+        pytest.skip("no Fermi-LAT characteriser shipped")
+    counts = _sky([(lo, la, 400.0) for lo, la in overlap_sources], bands=5, seed=3)
+    edges = [0.5, 1, 2, 7, 20, 200] * u.GeV
+    cat = find_sources_healpix(counts, nside=NSIDE, tiles=TILES[:2], detector="tsmap",
+                               psf_sigma_deg=0.3, ts_threshold=25, energy_edges=edges)
+    assert len(cat) >= 1
+    assert cat.meta["characterizer"]["name"] == "characterize-fermi-lat"
+    # tsmap's candidates: the cutout classifier alone gives source_prob
+    assert cat.meta["characterizer"]["source_prob"] == "cutout only"
+    assert not np.any(cat["source_prob"].mask) and cat["flux"].unit == u.Unit("cm-2 s-1")
+    assert np.asarray(cat["class_prob"]).shape == (len(cat), 3)
+    assert "characterize" in cat.meta["timing_s"]
+    plain = find_sources_healpix(counts, nside=NSIDE, tiles=TILES[:2], detector="tsmap",
+                                 psf_sigma_deg=0.3, ts_threshold=25, energy_edges=edges,
+                                 characterize=False)
+    assert np.all(plain["source_prob"].mask)

@@ -86,7 +86,7 @@ def cutout_input(cutouts, valid, mode="log1p"):
     mode : {"log1p", "significance"}
         ``"log1p"``: ``log1p`` of the counts per band (keeps the absolute
         brightness, which the flux head needs; right for sparse counts such as
-        Fermi-LAT's). ``"significance"``: ``(counts - m) / sqrt(m + 1)`` with
+        Fermi-LAT's). ``"significance"``: ``asinh((counts - m) / sqrt(m + 1))`` with
         ``m`` the cutout's median per band, the background level then being
         given as the scalars ``log1p(m)`` (for background-dominated maps such as
         CTAO's, where a source is a small excess on a large level).
@@ -104,7 +104,8 @@ def cutout_input(cutouts, valid, mode="log1p"):
         x, scal = np.log1p(c), np.zeros((n, 0), np.float32)
     elif mode == "significance":
         m = np.median(c.reshape(n, c.shape[1], -1), axis=2)
-        x = (c - m[:, :, None, None]) / np.sqrt(m + 1.0)[:, :, None, None]
+        # asinh: linear around the background, logarithmic for bright sources
+        x = np.arcsinh((c - m[:, :, None, None]) / np.sqrt(m + 1.0)[:, :, None, None])
         scal = np.log1p(m).astype(np.float32)
     else:
         raise ValueError(f"mode must be 'log1p' or 'significance', not {mode!r}")

@@ -34,13 +34,13 @@ __all__ = ["simulate_candidates", "INSTRUMENTS"]
 INSTRUMENTS = {
     "fermi-lat": dict(detector="asid-unet", cutouts=[{"size": 17, "binning": 1}],
                       match_radius_px=0.3 / (10 / 64), class_names=["AGN", "PSR", "FAKE"],
-                      flux_unit="cm-2 s-1", flux_band="1-100 GeV"),
+                      flux_unit="cm-2 s-1", flux_band="1-100 GeV", flux_energy_range=[1.0, 100.0, "GeV"]),
     "ctao": dict(detector="asid-ctao", cutouts=[{"size": 32, "binning": 2},
                                                 {"size": 32, "binning": 4}],
-                 input="significance",
+                 input="significance", norm=True,
                  match_radius_px=8.0, class_names=["source", "FAKE"], inject_snr=5.0,
                  ext_class_names=["C0", "C1", "C2"], ext_edges_deg=[0.1, 0.3],
-                 flux_unit="cm-2 s-1", flux_band=">1 TeV"),
+                 flux_unit="cm-2 s-1", flux_band=">1 TeV", flux_energy_range=[1.0, 100.0, "TeV"]),
 }
 
 

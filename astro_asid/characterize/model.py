@@ -350,6 +350,8 @@ class Characterizer:
             "source_prob": "cutout + detector score" if stacked else "cutout only"}
         if "flux" in self.card:
             cands.meta["flux_band"] = self.card["flux"].get("band")
+            if self.card["flux"].get("energy_range"):
+                cands.meta["flux_energy_range"] = list(self.card["flux"]["energy_range"])
             if image.exposure is None or self.card["flux"].get("nominal_exposure") is None:
                 cands.meta["flux_exposure"] = self.card["flux"].get(
                     "nominal_exposure_note", "nominal exposure of the training simulation")

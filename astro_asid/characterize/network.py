@@ -32,18 +32,26 @@ class CutoutNet(nn.Module):
         Channels of the first convolution block (doubled in the second).
     hidden : int
         Width of the dense layers.
+    norm : bool
+        Batch normalisation after every convolution (needed to train the
+        deeper trunk of large cutouts).
     """
 
-    def __init__(self, in_channels, size, n_scalar, heads, width=32, hidden=128):
+    def __init__(self, in_channels, size, n_scalar, heads, width=32, hidden=128, norm=False):
         super().__init__()
         self.config = dict(in_channels=int(in_channels), size=int(size), n_scalar=int(n_scalar),
                            heads={k: int(v) for k, v in heads.items()}, width=int(width),
                            hidden=int(hidden))
+        if norm:  # only stored when set, so older cards load unchanged
+            self.config["norm"] = True
         layers, c, s = [], int(in_channels), int(size)
         w = int(width)
         while True:
-            layers += [nn.Conv2d(c, w, 3, padding=1), nn.SiLU(),
-                       nn.Conv2d(w, w, 3, padding=1), nn.SiLU()]
+            for c_in in (c, w):
+                layers.append(nn.Conv2d(c_in, w, 3, padding=1))
+                if norm:
+                    layers.append(nn.BatchNorm2d(w))
+                layers.append(nn.SiLU())
             c = w
             if s // 2 < 4:
                 break

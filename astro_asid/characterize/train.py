@@ -159,15 +159,18 @@ def train_members(train, spec, members=5, epochs=8, batch_size=256, lr=2e-3, see
     """Train the ensemble on the training tensors (see `_tensors`)."""
     heads = heads_for(spec)
     n = len(train["x"])
+    torch.set_flush_denormal(True)  # denormal activations make CPU training crawl
     cw = _balanced_weights(train["cls"], len(spec["class_names"])) if "cls" in heads else None
+    # extension classes: square root of the balanced weights, so that the rare
+    # C2 sources (about 2% of those detected) do not swamp the point-like majority
     ew = (_balanced_weights(train["ext_cls"], len(spec["ext_class_names"]),
-                            train["real"] > 0) if "ext_cls" in heads else None)
+                            train["real"] > 0).sqrt() if "ext_cls" in heads else None)
     nets = []
     for m in range(members):
         torch.manual_seed(seed * 1000 + m)
         rng = np.random.default_rng(seed * 1000 + m)
         net = CutoutNet(train["x"].shape[1], train["x"].shape[2], train["scal"].shape[1], heads,
-                        width=width, hidden=hidden)
+                        width=width, hidden=hidden, norm=spec.get("norm", False))
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
         steps = epochs * (n // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
@@ -313,7 +316,7 @@ def fit_calibration(char, cal, spec):
         c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(ze[m] ** 2)))
         calib["extension"] = {"centres": c, "scales": s}
         lab = np.digitize(cal["extension"][real], spec["ext_edges_deg"])
-        w = (1.0 / np.bincount(lab, minlength=3).clip(1))[lab]
+        w = (1.0 / np.sqrt(np.bincount(lab, minlength=3).clip(1)))[lab]
         calib["temperature"]["ext_cls"] = _fit_temperature(raw["ext_cls"].mean(0)[real], lab, w)
     char.card["calibration"] = calib
     return calib
@@ -476,7 +479,8 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
         "input": spec.get("input", "log1p"),
         "class_names": spec["class_names"],
         "flux": {"log10_mean": flux_norm[0], "log10_std": flux_norm[1],
-                 "unit": spec["flux_unit"], "band": spec["flux_band"]},
+                 "unit": spec["flux_unit"], "band": spec["flux_band"],
+                 "energy_range": spec["flux_energy_range"]},
         "training": {"command": command, "n_patches": n_patches,
                      "n_calibration": n_calibration, "n_test": n_test, "members": members,
                      "epochs": epochs, "width": width, "hidden": hidden,

@@ -307,7 +307,9 @@ def to_gammapy_models(cat, spectral_index=None, reference=None, name_prefix="asi
         Model names are ``name_prefix + id``.
     extension_column : str, optional
         Column of Gaussian extensions (sigma, deg); rows with a finite value
-        above ``min_extension`` get a `~gammapy.modeling.models.GaussianSpatialModel`.
+        above ``min_extension`` get a `~gammapy.modeling.models.GaussianSpatialModel`
+        (for ``"extension"`` with an ``extension_prob`` column from the CTAO
+        characteriser, only rows whose most probable class is not C0).
     min_extension : `~astropy.units.Quantity`, optional
         Smaller extensions are treated as point sources.
     position_margin : `~astropy.units.Quantity`, optional
@@ -320,7 +322,8 @@ def to_gammapy_models(cat, spectral_index=None, reference=None, name_prefix="asi
     -------
     `~gammapy.modeling.models.Models`
         One ``SkyModel`` per row, in catalog order. The amplitude is set so
-        that the power law's integral over ``meta['flux_band']`` equals
+        that the power law's integral over ``meta['flux_band']`` (or
+        ``meta['flux_energy_range']``, set by a characteriser) equals
         ``flux`` when it is a photon flux (``cm-2 s-1``); position errors are
         set from ``sky_centroid_err``.
     """
@@ -356,13 +359,21 @@ def to_gammapy_models(cat, spectral_index=None, reference=None, name_prefix="asi
     flux = _plain(cat["flux"]) if "flux" in cat.colnames else np.full(n, np.nan)
     flux_unit = u.Unit(cat["flux"].unit) if "flux" in cat.colnames and \
         cat["flux"].unit is not None else u.dimensionless_unscaled
-    photon = flux_unit.is_equivalent(_FLUX_UNIT) and edges is not None
+    flux_edges = edges
+    if "flux_energy_range" in cat.meta:  # the characteriser's flux band (e.g. > 1 TeV)
+        lo, hi, unit = cat.meta["flux_energy_range"]
+        flux_edges = [lo, hi] * u.Unit(unit)
+    photon = flux_unit.is_equivalent(_FLUX_UNIT) and flux_edges is not None
     if not photon and n:
         warnings.warn(f"catalog flux is in {flux_unit!s}, not a photon flux; amplitudes start "
                       f"at {default_amplitude} (give the detector an exposure for better "
                       "starting values)", ASIDWarning, stacklevel=2)
     ext = _plain(cat[extension_column], u.deg) if extension_column in cat.colnames \
         else np.full(n, np.nan)
+    if "extension_prob" in cat.colnames and extension_column == "extension" and n:
+        # a characterised catalog: point-like (class C0) sources get a point model
+        prob = np.asarray(_plain(cat["extension_prob"])).reshape(n, -1)
+        ext = np.where(np.nan_to_num(prob, nan=1.0).argmax(axis=1) == 0, np.nan, ext)
     min_ext = u.Quantity(min_extension, u.deg).value
 
     models = []
@@ -370,7 +381,7 @@ def to_gammapy_models(cat, spectral_index=None, reference=None, name_prefix="asi
         spectral = PowerLawSpectralModel(index=float(index[i]), reference=reference,
                                          amplitude=default_amplitude)
         if photon and np.isfinite(flux[i]) and flux[i] > 0:
-            unit_flux = spectral.integral(edges[0], edges[-1])
+            unit_flux = spectral.integral(flux_edges[0], flux_edges[-1])
             amp = (flux[i] * flux_unit / unit_flux) * default_amplitude
             spectral.amplitude.quantity = amp.to(default_amplitude.unit)
         spectral.amplitude.min = 0

@@ -1212,7 +1212,7 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
             with _blas_limit(blas_threads):
                 tables = [characterize_candidates(model, image(i), t, detector=det.name)
                           for t, i in zip(tables, table_tiles)]
-            for key in ("characterizer", "flux_band", "flux_exposure"):
+            for key in ("characterizer", "flux_band", "flux_exposure", "flux_energy_range"):
                 if tables[0].meta.get(key) is not None:
                     char_meta[key] = tables[0].meta[key]
     t_char = time.perf_counter()
