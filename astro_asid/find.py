@@ -103,8 +103,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         Characterisation of the candidates (refined positions with calibrated
         errors, fluxes, ``source_prob`` and classes, see
         `astro_asid.characterize`): by default the characteriser shipped for
-        the instrument, when there is one and it fits the image (a warning
-        says why when it does not); ``False`` skips it (faster; those
+        the instrument, when there is one and it fits the image (else
+        ``meta["characterizer_skipped"]`` says why); ``False`` skips it (faster; those
         columns stay masked unless the detector fills them); ``True``
         requires it; a weights path or an instance uses that model.
     **options
@@ -172,7 +172,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     for key in ("model_name", "model_sha256"):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
-    for key in ("characterizer", "flux_band", "flux_exposure", "flux_energy_range"):
+    for key in ("characterizer", "characterizer_skipped", "flux_band", "flux_exposure",
+                "flux_energy_range"):
         if cands.meta.get(key) is not None:
             meta[key] = cands.meta[key]
     cat = build_catalog(cands, sky, meta=meta)

@@ -1,7 +1,6 @@
 """Tests of astro_asid.characterize: cutouts, the ensemble model, calibration, find_sources."""
 
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from astro_asid.characterize import (Characterizer, SigmaCalibration, extract_cu
 from astro_asid.characterize import metrics
 from astro_asid.characterize.network import CutoutNet
 from astro_asid.characterize.train import _augment, _binned_scales, _fit_temperature
-from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
+from astro_asid.utils.exceptions import WeightsError
 
 
 # -- cutouts -------------------------------------------------------------------------------
@@ -273,10 +272,10 @@ def test_default_characterizer_on_a_simulated_patch():
     assert not np.any(cat["sky_centroid_err"].mask)
     assert cat["flux"].unit == u.Unit("cm-2 s-1")
     assert set(np.unique(cat["class_label"])) <= {"AGN", "PSR", "FAKE"}
-    # a summed 2-D image does not fit the 5-band characteriser: warned, columns masked
-    with pytest.warns(ASIDInputWarning, match="characterisation skipped"):
-        cat2 = find_sources(b.counts[0].sum(axis=0), b.wcs(0), instrument="fermi-lat")
+    # a summed 2-D image does not fit the 5-band characteriser: skipped, the reason in meta
+    cat2 = find_sources(b.counts[0].sum(axis=0), b.wcs(0), instrument="fermi-lat")
     assert np.all(cat2["source_prob"].mask)
+    assert "5 energy bands" in cat2.meta["characterizer_skipped"]
 
 
 def test_cutout_input_modes():

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from astro_asid.characterize.model import Characterizer, shipped_characterizer, warn_skipped
+from astro_asid.characterize.model import Characterizer, shipped_characterizer
 
 __all__ = ["resolve_characterizer", "characterize_candidates"]
 
@@ -53,7 +53,8 @@ def characterize_candidates(option, image, candidates, detector=None):
     `Characterizer.characterize`). Returns the candidates unchanged when no
     characteriser applies. An
     explicitly requested characteriser that cannot run on the image raises
-    `ValueError`; the default one only warns (the columns stay masked).
+    `ValueError`; the default one is skipped and
+    ``meta["characterizer_skipped"]`` says why (the columns stay masked).
     """
     model = resolve_characterizer(option, image.instrument)
     if model is None:
@@ -62,7 +63,9 @@ def characterize_candidates(option, image, candidates, detector=None):
     if problems:
         msg = f"characteriser {model.card.get('name')!r}: " + "; ".join(problems)
         if option is None:
-            warn_skipped(msg)
+            # the default is best effort: maps binned otherwise are common (e.g. CTAO
+            # datasets); the catalog's meta says why the columns are masked
+            candidates.meta["characterizer_skipped"] = msg
             return candidates
         raise ValueError(msg)
     if len(candidates) == 0:

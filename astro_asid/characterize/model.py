@@ -14,7 +14,6 @@ The card's ``calibration`` then rescales the predicted standard deviations
 temperatures; both were fitted on a held-out simulated calibration set.
 """
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from astropy.table import QTable
 from astro_asid.characterize.cutouts import cutout_input, extract_cutouts
 from astro_asid.characterize.network import CutoutNet
 from astro_asid.nn.io import load_weights, save_weights, shipped_model_path
-from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
+from astro_asid.utils.exceptions import WeightsError
 
 __all__ = ["Characterizer", "SigmaCalibration", "shipped_characterizer",
            "CHARACTERIZER_NAMES"]
@@ -391,9 +390,3 @@ def _load_cached(path):
             return model
         _CACHE[key] = model
     return _CACHE[key]
-
-
-def warn_skipped(reason):
-    """Warn that characterisation was skipped (the catalog columns stay masked)."""
-    warnings.warn(f"characterisation skipped: {reason}; position errors, fluxes and "
-                  "classes are masked", ASIDInputWarning)

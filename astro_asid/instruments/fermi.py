@@ -1205,14 +1205,16 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
     if tables and characterize is not False:
         model = resolve_characterizer(characterize, instrument)
         # every tile has the same geometry: one check decides for all of them
-        if model is not None and characterize is None and model.check_image(image(table_tiles[0])):
-            characterize_candidates(None, image(table_tiles[0]), tables[0],
-                                    detector=det.name)  # warns why
+        problems = model.check_image(image(table_tiles[0])) if model is not None else []
+        if problems and characterize is None:
+            char_meta["characterizer_skipped"] = (f"characteriser {model.card.get('name')!r}: "
+                                                  + "; ".join(problems))
         elif model is not None:
             with _blas_limit(blas_threads):
                 tables = [characterize_candidates(model, image(i), t, detector=det.name)
                           for t, i in zip(tables, table_tiles)]
-            for key in ("characterizer", "flux_band", "flux_exposure", "flux_energy_range"):
+            for key in ("characterizer", "characterizer_skipped", "flux_band", "flux_exposure",
+                "flux_energy_range"):
                 if tables[0].meta.get(key) is not None:
                     char_meta[key] = tables[0].meta[key]
     t_char = time.perf_counter()
