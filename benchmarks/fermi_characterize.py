@@ -48,33 +48,24 @@ def simulated(char, n_test, seed, cache, nominal):
     res = ev.pop("pred")
     print(f"\n## Simulated test skies ({name}: {n_test} patches, seed {seed}; "
           f"{ev['n_test']} candidates, {ev['n_real']} real)")
-    print("\n| log10 F1000 bin | n | in 1-sigma (0.39) | in 95% (0.95) | flux z mean | "
-          "flux z std | sigma log10 F (pred.) | rms error (dex) | median pos. err (px) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in ev["calibration_table"]:
-        if r["n"] >= 50:
-            print(f"| {r['lo']:.2f}..{r['hi']:.2f} | {r['n']} | {_fmt(r['cov1'])} | "
-                  f"{_fmt(r['cov95'])} | {_fmt(r['z_mean'], '+.2f')} | {_fmt(r['z_std'], '.2f')} | "
-                  f"{_fmt(r['sigma_median'])} | {_fmt(r['rms_error'])} | "
-                  f"{_fmt(r['pos_err_median'], '.2f')} |")
     o = ev["overall"]
-    print(f"| all | {ev['n_real']} | {o['cov1']:.3f} | {o['cov95']:.3f} | "
-          f"{o['flux_z_mean']:+.2f} | {o['flux_z_std']:.2f} | | | |")
-    print("\n| measured log10 F1000 bin | n | in 1-sigma (0.39) | in 95% (0.95) | flux z mean | "
-          "flux z std |")
-    print("|---|---|---|---|---|---|")
-    for r in ev["calibration_table_measured"]:
-        if r["n"] >= 50:
-            print(f"| {r['lo']:.2f}..{r['hi']:.2f} | {r['n']} | {_fmt(r['cov1'])} | "
-                  f"{_fmt(r['cov95'])} | {_fmt(r['z_mean'], '+.2f')} | {_fmt(r['z_std'], '.2f')} |")
-    wm = ev["worst_measured"]
-    print(f"\nRange over measured-flux bins with >= 50 sources: 1-sigma "
-          f"{wm['cov1'][0]:.3f}..{wm['cov1'][1]:.3f}, 95% {wm['cov95'][0]:.3f}..{wm['cov95'][1]:.3f}, "
-          f"flux z std {wm['z_std'][0]:.2f}..{wm['z_std'][1]:.2f}")
-    w = ev["worst"]
-    print(f"Range over true-flux bins with >= 50 sources: 1-sigma {w['cov1'][0]:.3f}..{w['cov1'][1]:.3f}, "
-          f"95% {w['cov95'][0]:.3f}..{w['cov95'][1]:.3f}, flux z std "
-          f"{w['z_std'][0]:.2f}..{w['z_std'][1]:.2f}")
+    for key, label in (("calibration_table", "true"), ("calibration_table_measured", "measured")):
+        print(f"\n| {label} log10 F1000 bin | n | in 1-sigma (0.39) | in 95% (0.95) | "
+              "flux z mean | flux z std | sigma log10 F (pred.) | rms error (dex) | "
+              "median pos. err (px) |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in ev[key]:
+            if r["n"] >= 50:
+                print(f"| {r['lo']:.2f}..{r['hi']:.2f} | {r['n']} | {_fmt(r['cov1'])} | "
+                      f"{_fmt(r['cov95'])} | {_fmt(r['z_mean'], '+.2f')} | "
+                      f"{_fmt(r['z_std'], '.2f')} | {_fmt(r['sigma_median'])} | "
+                      f"{_fmt(r['rms_error'])} | {_fmt(r['pos_err_median'], '.2f')} |")
+        print(f"| all | {ev['n_real']} | {o['cov1']:.3f} | {o['cov95']:.3f} | "
+              f"{o['flux_z_mean']:+.2f} | {o['flux_z_std']:.2f} | | | |")
+        w = ev["worst" if label == "true" else "worst_measured"]
+        print(f"\nRange over {label}-flux bins with >= 50 sources: 1-sigma "
+              f"{w['cov1'][0]:.3f}..{w['cov1'][1]:.3f}, 95% {w['cov95'][0]:.3f}.."
+              f"{w['cov95'][1]:.3f}, flux z std {w['z_std'][0]:.2f}..{w['z_std'][1]:.2f}")
     print(f"Median position error {o['median_pos_err_px']:.3f} px; median |dlog10 F| "
           f"{o['median_abs_dlog10_flux']:.3f} dex")
     s = ev["source"]
