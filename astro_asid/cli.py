@@ -56,6 +56,7 @@ def _cmd_find(args):
 
     from astro_asid.catalog import to_regions, write_catalog
     from astro_asid.find import find_sources
+    from astro_asid.utils.exceptions import WeightsError
     from astro_asid.visualization import plot_catalog
 
     options = _parse_options(args.option)
@@ -71,8 +72,8 @@ def _cmd_find(args):
         stem = Path(path).name.split(".")[0]
         try:
             cat = find_sources(path, detector=args.detector, instrument=args.instrument,
-                               hdu=args.hdu, **options)
-        except (ValueError, TypeError, OSError) as exc:
+                               hdu=args.hdu, characterize=args.characterize, **options)
+        except (ValueError, TypeError, OSError, WeightsError) as exc:
             print(f"asid find: {path}: {exc}", file=sys.stderr)
             status = 1
             continue
@@ -123,6 +124,11 @@ def build_parser():
     p.add_argument("--option", "-O", action="append", metavar="KEY=VALUE",
                    help="detector option, repeatable (e.g. -O nsigma=4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no table on stdout")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-characterize", dest="characterize", action="store_const", const=False,
+                   default=None, help="skip the characterisation (positions, fluxes, classes)")
+    g.add_argument("--characterizer", dest="characterize", metavar="PATH",
+                   help="characteriser weights to use instead of the shipped one")
     p.set_defaults(func=_cmd_find)
 
     p = sub.add_parser("demo", help="simulate an image with known sources, find them, score")

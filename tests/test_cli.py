@@ -47,13 +47,27 @@ def test_find_bad_file_reports_and_fails(tmp_path, capsys):
     assert "missing.fits" in capsys.readouterr().err
 
 
+def test_find_characterizer_options(tmp_path, bright_image, capsys):
+    data, wcs, pos = bright_image
+    p = tmp_path / "img.fits"
+    fits.PrimaryHDU(data, header=wcs.to_header()).writeto(p)
+    assert main(["find", str(p), "-d", "peaks", "--no-characterize", "-q",
+                 "-o", str(tmp_path / "c.ecsv")]) == 0
+    assert np.all(read_catalog(tmp_path / "c.ecsv")["source_prob"].mask)
+    # a characteriser that cannot be read is reported, not a traceback
+    assert main(["find", str(p), "-d", "peaks", "--characterizer",
+                 str(tmp_path / "none"), "-q"]) == 1
+    assert "none" in capsys.readouterr().err
+
+
 def test_demo_runs(tmp_path, capsys):
     png = tmp_path / "demo.png"
     assert main(["demo", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
     assert "precision=" in out and "recall=" in out
-    # the shipped deep detector runs, not the toy fallback
+    # the shipped deep detector runs, not the toy fallback, and is characterised
     assert "Detector 'asid-unet'" in out
+    assert "Characterised by 'characterize-fermi-lat'" in out
     assert png.stat().st_size > 1000
 
 
