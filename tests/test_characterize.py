@@ -316,3 +316,18 @@ def test_to_gammapy_models_uses_extension_class_and_flux_band():
     # the amplitude reproduces the flux above 1 TeV, not over the whole cube
     f = models[0].spectral_model.integral(1 * u.TeV, 100 * u.TeV).to_value("cm-2 s-1")
     assert f == pytest.approx(1e-12, rel=1e-6)
+
+
+def test_simulated_candidate_sets_in_parts(tmp_path):
+    from astro_asid.characterize.train import _load_or_simulate
+    d = _load_or_simulate(tmp_path, "train", 4, "fermi-lat", 7, lambda *a: None, workers=2)
+    assert (tmp_path / "fermi-lat-train-4-7-w2.npz").exists()
+    n = len(d["real"])
+    assert n > 0 and d["cutouts"].shape == (n, 5, 17, 17)
+    assert set(np.unique(d["patch"])) <= {0, 1, 2, 3}
+    # labels are consistent: real candidates have a true position and flux, FAKEs none
+    real = d["real"].astype(bool)
+    assert np.all(np.isfinite(d["log10_flux"][real])) and np.all(np.isnan(d["tx"][~real]))
+    assert np.all(d["cls"][~real] == 2)
+    again = _load_or_simulate(tmp_path, "train", 4, "fermi-lat", 7, lambda *a: None, workers=2)
+    np.testing.assert_array_equal(again["cutouts"], d["cutouts"])

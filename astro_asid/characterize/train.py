@@ -418,17 +418,41 @@ def evaluate(char, test, spec, min_count=50):
     return out
 
 
-def _load_or_simulate(cache, name, n, instrument, seed, log, **kw):
+def _simulate_part(args):
+    n, instrument, seed, kw = args
+    torch.set_num_threads(1)
+    return simulate_candidates(n, instrument=instrument, seed=seed, log=None, **kw)
+
+
+def _load_or_simulate(cache, name, n, instrument, seed, log, workers=1, **kw):
+    """A labelled candidate set, read from ``cache`` or simulated (and stored there).
+
+    With ``workers > 1`` the set is simulated as ``workers`` independent parts
+    (seeds ``seed * 100 + w``) on as many processes: a different, equally valid
+    set than the one-process simulation with ``seed``.
+    """
     tag = "".join(f"-{k}{v}" for k, v in sorted(kw.items()) if k == "density")
+    tag += f"-w{workers}" if workers > 1 else ""
     path = (None if cache is None
             else Path(cache) / f"{instrument}-{name}-{n}-{seed}{tag}.npz")
     if path is not None and path.exists():
         log(f"reading {path}")
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
-    log(f"simulating the {name} set: {n} patches (seed {seed})")
+    log(f"simulating the {name} set: {n} patches (seed {seed}, {workers} process(es))")
     kw.setdefault("inject_snr", INSTRUMENTS[instrument].get("inject_snr"))
-    d = simulate_candidates(n, instrument=instrument, seed=seed, log=log, **kw)
+    if workers > 1:
+        import multiprocessing as mp
+        sizes = [n // workers + (w < n % workers) for w in range(workers)]
+        with mp.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_simulate_part, [(m, instrument, seed * 100 + w, kw)
+                                              for w, m in enumerate(sizes)])
+        offset = np.cumsum([0] + sizes[:-1])
+        for part, off in zip(parts, offset):
+            part["patch"] = part["patch"] + off
+        d = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    else:
+        d = simulate_candidates(n, instrument=instrument, seed=seed, log=log, **kw)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **d)
@@ -438,8 +462,10 @@ def _load_or_simulate(cache, name, n, instrument, seed, log, **kw):
 def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3000,
                         n_test=3000, members=5, epochs=4, batch_size=512, lr=3e-3, seed=0,
                         width=16, hidden=128, out="asid-characterizer", cache=None,
-                        threads=None, command=None, log=print):
+                        threads=None, workers=1, command=None, log=print):
     """Simulate, train, calibrate, evaluate and write a characteriser.
+
+    ``workers`` processes simulate the training set (see `_load_or_simulate`).
 
     Returns
     -------
@@ -450,7 +476,8 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
         torch.set_num_threads(int(threads))
     spec = INSTRUMENTS[instrument]
     t0 = time.time()
-    train = _load_or_simulate(cache, "train", n_patches, instrument, seed * 10 + 1, log)
+    train = _load_or_simulate(cache, "train", n_patches, instrument, seed * 10 + 1, log,
+                              workers=workers)
     # CTAO trains at the detector's (denser) training density; source_prob is
     # calibrated and tested at the survey's own density
     survey = {"density": 1.0} if instrument == "ctao" else {}
@@ -483,7 +510,7 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
                  "energy_range": spec["flux_energy_range"]},
         "training": {"command": command, "n_patches": n_patches,
                      "n_calibration": n_calibration, "n_test": n_test, "members": members,
-                     "epochs": epochs, "width": width, "hidden": hidden,
+                     "epochs": epochs, "width": width, "hidden": hidden, "workers": workers,
                      "batch_size": batch_size, "lr": lr, "seed": seed,
                      "seconds_simulation": round(t_sim, 1), "seconds_training": round(t_train, 1),
                      "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
@@ -548,6 +575,8 @@ def add_arguments(parser):
     parser.add_argument("--epochs", type=int, default=4, help="epochs per member")
     parser.add_argument("--width", type=int, default=16, help="channels of the first conv block")
     parser.add_argument("--hidden", type=int, default=128, help="width of the dense layers")
+    parser.add_argument("--sim-workers", type=int, default=1,
+                        help="processes simulating the training set (its parts get own seeds)")
     parser.add_argument("--cache", default=None,
                         help="folder for the simulated candidate sets (reused when present)")
 
@@ -576,7 +605,7 @@ def main(argv=None):
                         n_calibration=a.n_calibration_patches, n_test=a.n_test,
                         members=a.members, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
                         seed=a.seed, width=a.width, hidden=a.hidden, out=a.out, cache=a.cache,
-                        threads=a.threads, command=command)
+                        threads=a.threads, workers=a.sim_workers, command=command)
     return 0
 
 

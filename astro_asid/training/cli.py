@@ -76,7 +76,8 @@ def run(args):
                             members=args.members, epochs=args.epochs,
                             batch_size=args.batch_size or 512, lr=args.lr or 3e-3,
                             seed=args.seed, width=args.width, hidden=args.hidden, out=args.out,
-                            cache=args.cache, threads=args.threads, command=command)
+                            cache=args.cache, threads=args.threads, workers=args.sim_workers,
+                            command=command)
         return 0
     train_detector(args.detector, instrument=args.instrument, steps=args.steps,
                    batch_size=args.batch_size or 32, lr=args.lr or 2e-3, seed=args.seed, out=args.out,
