@@ -170,7 +170,19 @@ class Characterizer:
                     out.setdefault(k, []).append(np.concatenate(v))
         return {k: np.stack(v) for k, v in out.items()}
 
-    def combine(self, raw, calibrated=True, score=None):
+    def aperture_features(self, inputs):
+        """log1p of the counts within 1.5, 3 and 5 pixels of the cutout centre, per band
+        (first cutout scale), from the network input; ``(n, 3 * n_bands)``."""
+        nb = int(self.card.get("n_bands", 1))
+        planes = np.asarray(inputs[:, :nb], np.float32)
+        counts = np.expm1(planes) if self.card.get("input", "log1p") == "log1p" else planes
+        size = planes.shape[-1]
+        yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0
+        r = np.hypot(xx, yy)
+        return np.concatenate([np.log1p(counts[:, :, r <= rad].sum(-1))
+                               for rad in _APERTURE_RADII], axis=1)
+
+    def combine(self, raw, calibrated=True, score=None, aperture=None):
         """Ensemble means, standard deviations and probabilities from `raw_outputs`.
 
         Returns
@@ -186,8 +198,12 @@ class Characterizer:
         With ``score`` (the calibrated scores of the detector whose candidates
         trained the model), ``source_prob`` combines the cutout's source logit
         with the detector's score (the logistic regression in the card's
-        ``calibration["source_stack"]``, fitted on the calibration set); without
-        it, it is the temperature-scaled cutout classifier alone.
+        ``calibration["source_stack"]``, fitted on the calibration set), and
+        with ``aperture`` (`aperture_features`) too, ``class_prob`` is the
+        multinomial logistic regression ``calibration["class_stack"]`` of the
+        class logits, the score, the flux and the aperture counts (fitted with
+        balanced class weights); without them, the temperature-scaled cutout
+        classifiers alone.
         """
         cal = self.card.get("calibration", {}) if calibrated else {}
         temps = cal.get("temperature", {})
@@ -227,7 +243,14 @@ class Characterizer:
             else:
                 res["source_prob"] = _sigmoid(z / temps.get("source", 1.0))
         if "cls" in raw:
-            res["class_prob"] = _softmax(raw["cls"].mean(0) / temps.get("cls", 1.0))
+            stack = cal.get("class_stack")
+            if score is not None and aperture is not None and stack and "flux" in raw:
+                feats = _class_stack_features(raw, score, res["log10_flux"], aperture)
+                z = ((feats - np.asarray(stack["mean"])) / np.asarray(stack["std"])
+                     @ np.asarray(stack["coef"], float).T + np.asarray(stack["intercept"]))
+                res["class_prob"] = _softmax(z)
+            else:
+                res["class_prob"] = _softmax(raw["cls"].mean(0) / temps.get("cls", 1.0))
             res["class_prob_spread"] = _softmax_members(raw["cls"], temps.get("cls", 1.0))
         if "extension" in raw:
             mu, sd = gauss(raw["extension"], 0, 1)
@@ -246,7 +269,8 @@ class Characterizer:
         if len(inputs) == 0:
             return self.combine({k: np.zeros((len(self.members), 0, v)) for k, v in
                                  self.members[0].config["heads"].items()}, calibrated)
-        return self.combine(self.raw_outputs(inputs, scalars), calibrated, score)
+        aperture = self.aperture_features(inputs) if score is not None else None
+        return self.combine(self.raw_outputs(inputs, scalars), calibrated, score, aperture)
 
     # -- catalog -------------------------------------------------------------------------
     def check_image(self, image):
@@ -355,6 +379,16 @@ class Characterizer:
                 cands.meta["flux_exposure"] = self.card["flux"].get(
                     "nominal_exposure_note", "nominal exposure of the training simulation")
         return cands
+
+
+_APERTURE_RADII = (1.5, 3.0, 5.0)
+
+
+def _class_stack_features(raw, score, log10_flux, aperture):
+    """Features of the stacked class head: the ensemble's class logits, the detector's
+    score (logit), the predicted log10 flux and the aperture counts."""
+    s = np.clip(np.asarray(score, float), 1e-4, 1 - 1e-4)
+    return np.column_stack([raw["cls"].mean(0), np.log(s / (1 - s)), log10_flux, aperture])
 
 
 def _softmax_members(logits, temperature):

@@ -302,6 +302,25 @@ def fit_calibration(char, cal, spec):
         lab = cal["cls"].astype(int)
         w = (1.0 / np.bincount(lab, minlength=k).clip(1))[lab]
         calib["temperature"]["cls"] = _fit_temperature(raw["cls"].mean(0), lab, w)
+        if "source_stack" in calib:
+            # classes stacked with the detector's score and aperture photometry:
+            # the score tells FAKEs apart, the aperture counts the spectrum
+            from sklearn.linear_model import LogisticRegression
+
+            from astro_asid.characterize.model import _class_stack_features
+            inputs, _ = inputs_from_arrays(cal, len(spec["cutouts"]),
+                                           char.card.get("input", "log1p"))
+            feats = _class_stack_features(raw, score, res["log10_flux"],
+                                          char.aperture_features(inputs))[det]
+            mean, std = feats.mean(0), feats.std(0) + 1e-9
+            wd = w[det] / w[det].mean()  # balanced, with unit mean (C is per example)
+            lr = LogisticRegression(C=1.0, max_iter=3000).fit((feats - mean) / std, lab[det],
+                                                              sample_weight=wd)
+            calib["class_stack"] = {"detector": spec["detector"], "mean": mean.tolist(),
+                                    "std": std.tolist(), "coef": lr.coef_.tolist(),
+                                    "intercept": lr.intercept_.tolist(),
+                                    "features": "class logits (k), logit(score), log10 flux, "
+                                                "log1p aperture counts r <= 1.5, 3, 5 px per band"}
     bright = res["log10_flux"][real]
     ex = cal["tx"][real] - res["dx"][real]
     ey = cal["ty"][real] - res["dy"][real]
@@ -348,14 +367,19 @@ def evaluate(char, test, spec, min_count=50):
         (balanced completeness, confusion, ECE), ``extension`` (CTAO), and the
         per-candidate predictions ``pred`` for further tables.
     """
-    raw = char.raw_outputs(*inputs_from_arrays(test, len(spec["cutouts"]),
-                                               char.card.get("input", "log1p")))
+    inputs, scalars = inputs_from_arrays(test, len(spec["cutouts"]),
+                                         char.card.get("input", "log1p"))
+    raw = char.raw_outputs(inputs, scalars)
     res = char.combine(raw)
     real = test["real"].astype(bool)
     if "source_stack" in char.card.get("calibration", {}):
+        # as find_sources does for the candidates of the model's own detector
         score = np.where(np.isfinite(test["score"]), test["score"], 0.5)
-        res["source_prob_cutout"] = res["source_prob"]
-        res["source_prob"] = char.combine({"source": raw["source"]}, score=score)["source_prob"]
+        cut_only = res
+        res = char.combine(raw, score=score, aperture=char.aperture_features(inputs))
+        res["source_prob_cutout"] = cut_only["source_prob"]
+        if "class_prob" in cut_only:
+            res["class_prob_cutout"] = cut_only["class_prob"]
     ex = test["tx"] - res["dx"]
     ey = test["ty"] - res["dy"]
     f = test["log10_flux"]
@@ -400,6 +424,9 @@ def evaluate(char, test, spec, min_count=50):
                           "confusion": metrics.confusion_matrix(lab, pred, k).tolist(),
                           "ece_balanced": metrics.expected_calibration_error(
                               res["class_prob"], lab, weights=w)}
+        if "class_prob_cutout" in res:
+            out["classes"]["balanced_completeness_cutout_only"] = metrics.balanced_completeness(
+                lab, res["class_prob_cutout"].argmax(1), k)[1]
     if "ext_prob" in res:
         lab = np.digitize(test["extension"][real], spec["ext_edges_deg"])
         pred = res["ext_prob"][real].argmax(1)
