@@ -123,7 +123,8 @@ def challenge(char, seeds, min_score=0.1):
             inputs, scal = char.make_input(c, np.asarray(tab["x_centroid"]),
                                            np.asarray(tab["y_centroid"]))
             raw = char.raw_outputs(inputs, scal)
-            r = char.combine(raw, score=np.asarray(tab["score"]))
+            r = char.combine(raw, score=np.asarray(tab["score"]),
+                             aperture=char.aperture_features(inputs))
             r_cut = char.combine({"source": raw["source"]})
             x = np.rint(tab["x_centroid"]) + r["dx"]
             y = np.rint(tab["y_centroid"]) + r["dy"]
