@@ -251,7 +251,6 @@ class Characterizer:
                 res["class_prob"] = _softmax(z)
             else:
                 res["class_prob"] = _softmax(raw["cls"].mean(0) / temps.get("cls", 1.0))
-            res["class_prob_spread"] = _softmax_members(raw["cls"], temps.get("cls", 1.0))
         if "extension" in raw:
             mu, sd = gauss(raw["extension"], 0, 1)
             if bright is not None and "extension" in cal:
@@ -389,12 +388,6 @@ def _class_stack_features(raw, score, log10_flux, aperture):
     score (logit), the predicted log10 flux and the aperture counts."""
     s = np.clip(np.asarray(score, float), 1e-4, 1 - 1e-4)
     return np.column_stack([raw["cls"].mean(0), np.log(s / (1 - s)), log10_flux, aperture])
-
-
-def _softmax_members(logits, temperature):
-    """Standard deviation of the class probabilities across members."""
-    p = np.stack([_softmax(z / temperature) for z in logits])
-    return p.std(axis=0)
 
 
 def shipped_characterizer(instrument):
