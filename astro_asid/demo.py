@@ -1,6 +1,5 @@
 """``asid demo``: simulate an image with known sources, find them, and score the result."""
 
-
 import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
@@ -8,6 +7,7 @@ from astropy.table import QTable
 from astropy.wcs import WCS
 from scipy.ndimage import gaussian_filter
 
+from astro_asid.catalog import _plain
 from astro_asid.core import as_sky_image
 
 __all__ = ["make_demo_image", "match_positions", "run_demo"]
@@ -171,8 +171,7 @@ def run_fermi_demo(plot="asid_demo.png", seed=1, detector="asid-unet", lon=120.0
     if characterized and sc.tp:
         tp = np.asarray(sc.pred_tp)
         f_true = np.asarray(truth["flux_1000"])[np.asarray(sc.pred_match)[tp]]
-        f_cat = np.asarray(cat["flux"].filled(np.nan).value if hasattr(cat["flux"], "filled")
-                           else cat["flux"].value)[tp]
+        f_cat = _plain(cat["flux"])[tp]
         print(f"Flux 1-100 GeV of the {tp.sum()} true positives: median catalog/true ratio "
               f"{np.nanmedian(f_cat / f_true):.2f}")
     image = as_sky_image(batch.counts[0], wcs)

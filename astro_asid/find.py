@@ -3,10 +3,10 @@
 import numpy as np
 
 from astro_asid import __version__
-from astro_asid.characterize.apply import characterize_candidates
+from astro_asid.characterize.apply import characterize_candidates, characterizer_meta
 from astro_asid.catalog import build_catalog, validate_candidates, validate_catalog
 from astro_asid.config import conf
-from astro_asid.core import as_sky_image
+from astro_asid.core import as_sky_image, pixel_scale_mismatch
 from astro_asid.detection.base import Detector
 from astro_asid.plugins.manager import get_registry, instantiate_detector
 from astro_asid.utils.exceptions import PluginError
@@ -40,12 +40,7 @@ def fits_image(cls, image):
         return False
     if image.n_bands not in (int(card.get("n_bands", image.n_bands)), 1):
         return False
-    scale = card.get("pixel_scale_deg")
-    if scale and image.wcs is not None:
-        from astropy.wcs.utils import proj_plane_pixel_scales
-        have = float(np.mean(np.abs(proj_plane_pixel_scales(image.wcs))))
-        return 0.8 < have / scale < 1.25
-    return True
+    return pixel_scale_mismatch(image.wcs, card.get("pixel_scale_deg")) is None
 
 
 def default_detector_name(instrument=None, image=None):
@@ -172,10 +167,7 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     for key in ("model_name", "model_sha256"):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
-    for key in ("characterizer", "characterizer_skipped", "flux_band", "flux_exposure",
-                "flux_energy_range"):
-        if cands.meta.get(key) is not None:
-            meta[key] = cands.meta[key]
+    meta.update(characterizer_meta(cands))
     cat = build_catalog(cands, sky, meta=meta)
     try:
         validate_catalog(cat)

@@ -4,7 +4,12 @@ from pathlib import Path
 
 from astro_asid.characterize.model import Characterizer, shipped_characterizer
 
-__all__ = ["resolve_characterizer", "characterize_candidates"]
+__all__ = ["resolve_characterizer", "characterize_candidates", "characterizer_meta",
+           "CHARACTERIZER_META_KEYS"]
+
+#: Keys a characteriser sets in the candidates' ``meta`` that belong in the catalog's.
+CHARACTERIZER_META_KEYS = ("characterizer", "characterizer_skipped", "flux_band",
+                           "flux_exposure", "flux_energy_range")
 
 # detector columns that the characteriser replaces; the detector's values are kept
 _RENAMED = {"flux": "flux_detector", "flux_err": "flux_err_detector",
@@ -46,17 +51,19 @@ def resolve_characterizer(option, instrument):
                     f"not {type(option).__name__}")
 
 
-def characterize_candidates(option, image, candidates, detector=None):
+def characterize_candidates(option, image, candidates, detector=None, model=None):
     """Run the characteriser ``option`` selects on ``candidates`` of ``image``.
 
     ``detector`` names the detector that found the candidates (see
-    `Characterizer.characterize`). Returns the candidates unchanged when no
+    `Characterizer.characterize`); ``model`` is the characteriser already
+    resolved from ``option`` (so that tiles of one map resolve it once). Returns the candidates unchanged when no
     characteriser applies. An
     explicitly requested characteriser that cannot run on the image raises
     `ValueError`; the default one is skipped and
     ``meta["characterizer_skipped"]`` says why (the columns stay masked).
     """
-    model = resolve_characterizer(option, image.instrument)
+    if model is None:
+        model = resolve_characterizer(option, image.instrument)
     if model is None:
         return candidates
     problems = model.check_image(image)
@@ -74,3 +81,9 @@ def characterize_candidates(option, image, candidates, detector=None):
         if old in candidates.colnames:
             candidates.rename_column(old, new)
     return model.characterize(image, candidates, detector=detector)
+
+
+def characterizer_meta(candidates):
+    """The `CHARACTERIZER_META_KEYS` entries of ``candidates.meta`` that are set."""
+    return {k: candidates.meta[k] for k in CHARACTERIZER_META_KEYS
+            if candidates.meta.get(k) is not None}

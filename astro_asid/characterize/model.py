@@ -23,6 +23,7 @@ from astropy.table import QTable
 
 from astro_asid.characterize.cutouts import cutout_input, extract_cutouts
 from astro_asid.characterize.network import CutoutNet
+from astro_asid.core import pixel_scale_mismatch
 from astro_asid.nn.io import load_weights, save_weights, shipped_model_path
 from astro_asid.utils.exceptions import WeightsError
 
@@ -69,6 +70,12 @@ def _softmax(z):
 
 def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def _logit(score):
+    """Logit of detector scores (clipped away from 0 and 1), a stacking feature."""
+    s = np.clip(np.asarray(score, float), 1e-4, 1 - 1e-4)
+    return np.log(s / (1 - s))
 
 
 class Characterizer:
@@ -236,8 +243,7 @@ class Characterizer:
             z = raw["source"][..., 0].mean(0)
             stack = cal.get("source_stack")
             if score is not None and stack:
-                s = np.clip(np.asarray(score, float), 1e-4, 1 - 1e-4)
-                feats = np.column_stack([np.log(s / (1 - s)), z])
+                feats = np.column_stack([_logit(score), z])
                 res["source_prob"] = _sigmoid(feats @ np.asarray(stack["coef"], float)
                                               + float(stack["intercept"]))
             else:
@@ -279,12 +285,9 @@ class Characterizer:
         if image.n_bands != nb:
             problems.append(f"it needs {nb} energy bands and the image has {image.n_bands}")
         scale = self.card.get("pixel_scale_deg")
-        if scale and image.wcs is not None:
-            from astropy.wcs.utils import proj_plane_pixel_scales
-            have = float(np.mean(np.abs(proj_plane_pixel_scales(image.wcs))))
-            if not 0.8 < have / scale < 1.25:
-                problems.append(f"its pixel scale is {scale:.4g} deg and the image's "
-                                f"{have:.4g} deg")
+        have = pixel_scale_mismatch(image.wcs, scale)
+        if have is not None:
+            problems.append(f"its pixel scale is {scale:.4g} deg and the image's {have:.4g} deg")
         return problems
 
     def exposure_scale(self, image, x, y):
@@ -386,8 +389,7 @@ _APERTURE_RADII = (1.5, 3.0, 5.0)
 def _class_stack_features(raw, score, log10_flux, aperture):
     """Features of the stacked class head: the ensemble's class logits, the detector's
     score (logit), the predicted log10 flux and the aperture counts."""
-    s = np.clip(np.asarray(score, float), 1e-4, 1 - 1e-4)
-    return np.column_stack([raw["cls"].mean(0), np.log(s / (1 - s)), log10_flux, aperture])
+    return np.column_stack([raw["cls"].mean(0), _logit(score), log10_flux, aperture])
 
 
 def shipped_characterizer(instrument):

@@ -40,7 +40,8 @@ from torch.nn import functional as F
 from astro_asid import __version__
 from astro_asid.characterize import metrics
 from astro_asid.characterize.data import INSTRUMENTS, simulate_candidates
-from astro_asid.characterize.model import Characterizer, CHARACTERIZER_NAMES, SigmaCalibration
+from astro_asid.characterize.model import (CHARACTERIZER_NAMES, Characterizer,
+                                           _class_stack_features, _logit)
 from astro_asid.characterize.network import CutoutNet
 
 __all__ = ["inputs_from_arrays", "train_members", "fit_calibration", "evaluate",
@@ -150,8 +151,7 @@ def heads_for(spec):
 def _balanced_weights(labels, k, mask=None):
     labels = labels if mask is None else labels[mask]
     counts = torch.bincount(labels, minlength=k).float().clamp(min=1.0)
-    w = counts.sum() / (k * counts)
-    return w
+    return counts.sum() / (k * counts)
 
 
 def train_members(train, spec, members=5, epochs=8, batch_size=256, lr=2e-3, seed=0,
@@ -175,7 +175,7 @@ def train_members(train, spec, members=5, epochs=8, batch_size=256, lr=2e-3, see
         steps = epochs * (n // batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
                                                     pct_start=0.1)
-        t0, step = time.time(), 0
+        t0 = time.time()
         net.train()
         for ep in range(epochs):
             perm = torch.from_numpy(rng.permutation(n))
@@ -193,7 +193,6 @@ def train_members(train, spec, members=5, epochs=8, batch_size=256, lr=2e-3, see
                 torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
                 opt.step()
                 sched.step()
-                step += 1
                 for k, v in parts.items():
                     acc[k] = acc.get(k, 0.0) + v
             nb = max(n // batch_size, 1)
@@ -276,8 +275,11 @@ def _coverage_scale(r2):
 
 def fit_calibration(char, cal, spec):
     """Temperatures and sigma scale factors from the calibration set (sets the card)."""
-    raw = char.raw_outputs(*inputs_from_arrays(cal, len(spec["cutouts"]),
-                                               char.card.get("input", "log1p")))
+    from sklearn.linear_model import LogisticRegression
+
+    inputs, scalars = inputs_from_arrays(cal, len(spec["cutouts"]),
+                                         char.card.get("input", "log1p"))
+    raw = char.raw_outputs(inputs, scalars)
     res = char.combine(raw, calibrated=False)
     real = cal["real"].astype(bool)
     calib = {"temperature": {}}
@@ -288,9 +290,7 @@ def fit_calibration(char, cal, spec):
     if np.isfinite(score[det]).all() and len(np.unique(real[det])) == 2:
         # the detector's own score is the strongest single real/FAKE feature: the
         # stacked source_prob adds the cutout logit to it (for that detector only)
-        from sklearn.linear_model import LogisticRegression
-        s = np.clip(score[det], 1e-4, 1 - 1e-4)
-        feats = np.column_stack([np.log(s / (1 - s)), raw["source"][..., 0].mean(0)[det]])
+        feats = np.column_stack([_logit(score[det]), raw["source"][..., 0].mean(0)[det]])
         lr = LogisticRegression(C=1.0, max_iter=1000).fit(feats, real[det])
         calib["source_stack"] = {"detector": spec["detector"],
                                  "features": ["logit(score)", "cutout source logit"],
@@ -305,11 +305,6 @@ def fit_calibration(char, cal, spec):
         if "source_stack" in calib:
             # classes stacked with the detector's score and aperture photometry:
             # the score tells FAKEs apart, the aperture counts the spectrum
-            from sklearn.linear_model import LogisticRegression
-
-            from astro_asid.characterize.model import _class_stack_features
-            inputs, _ = inputs_from_arrays(cal, len(spec["cutouts"]),
-                                           char.card.get("input", "log1p"))
             feats = _class_stack_features(raw, score, res["log10_flux"],
                                           char.aperture_features(inputs))[det]
             mean, std = feats.mean(0), feats.std(0) + 1e-9

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from astropy.table import QTable
 
+from astro_asid.core import pixel_scale_mismatch
 from astro_asid.detection.base import Detector
 from astro_asid.detection.decoders import (ScoreCalibration, centroid_votes,
                                            direction_convergence, kmeans_penalised, log_peaks,
@@ -346,13 +347,11 @@ class DeepDetector(Detector):
                               f"GeV differ from the model's {edges} GeV; results may be biased",
                               ASIDInputWarning)
         scale = card.get("pixel_scale_deg")
-        if image.wcs is not None and scale:
-            from astropy.wcs.utils import proj_plane_pixel_scales
-            have = float(np.mean(np.abs(proj_plane_pixel_scales(image.wcs))))
-            if not 0.8 < have / scale < 1.25:
-                warnings.warn(f"{self.name}: pixel scale {have:.4g} deg differs from the model's "
-                              f"{scale:.4g} deg; the PSF in pixels is not what it was trained on",
-                              ASIDInputWarning)
+        have = pixel_scale_mismatch(image.wcs, scale)
+        if have is not None:
+            warnings.warn(f"{self.name}: pixel scale {have:.4g} deg differs from the model's "
+                          f"{scale:.4g} deg; the PSF in pixels is not what it was trained on",
+                          ASIDInputWarning)
         data = image.filled(0.0)[np.newaxis]
         return self.detect_arrays(data, image.mask[np.newaxis])[0]
 

@@ -73,7 +73,8 @@ from astropy.utils.masked import Masked
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from astro_asid.characterize.apply import characterize_candidates, resolve_characterizer
+from astro_asid.characterize.apply import (characterize_candidates, characterizer_meta,
+                                          resolve_characterizer)
 from astro_asid.catalog import (CATALOG_COLUMNS, build_catalog, validate_candidates,
                                 validate_catalog)
 from astro_asid.core import SkyImage, merge_mask
@@ -1204,19 +1205,12 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
     char_meta = {}
     if tables and characterize is not False:
         model = resolve_characterizer(characterize, instrument)
-        # every tile has the same geometry: one check decides for all of them
-        problems = model.check_image(image(table_tiles[0])) if model is not None else []
-        if problems and characterize is None:
-            char_meta["characterizer_skipped"] = (f"characteriser {model.card.get('name')!r}: "
-                                                  + "; ".join(problems))
-        elif model is not None:
+        if model is not None:
             with _blas_limit(blas_threads):
-                tables = [characterize_candidates(model, image(i), t, detector=det.name)
+                tables = [characterize_candidates(characterize, image(i), t, detector=det.name,
+                                                  model=model)
                           for t, i in zip(tables, table_tiles)]
-            for key in ("characterizer", "characterizer_skipped", "flux_band", "flux_exposure",
-                "flux_energy_range"):
-                if tables[0].meta.get(key) is not None:
-                    char_meta[key] = tables[0].meta[key]
+            char_meta = characterizer_meta(tables[0])
     t_char = time.perf_counter()
 
     cols, units = _collect(tables, table_tiles)

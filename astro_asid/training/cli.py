@@ -80,7 +80,8 @@ def run(args):
                             command=command)
         return 0
     train_detector(args.detector, instrument=args.instrument, steps=args.steps,
-                   batch_size=args.batch_size or 32, lr=args.lr or 2e-3, seed=args.seed, out=args.out,
+                   batch_size=args.batch_size or 32, lr=args.lr or 2e-3, seed=args.seed,
+                   out=args.out,
                    background=args.background, device=args.device, simulator=args.simulator,
                    base_width=args.base_width, depth=args.depth, pool_size=args.pool_size,
                    n_val=args.n_val, n_calibration=args.n_calibration, export=args.export,
