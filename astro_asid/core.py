@@ -44,6 +44,9 @@ class SkyImage:
         turn counts into photon flux.
     background : `~numpy.ndarray` or None
         Expected background per pixel, shape ``(n_bands, ny, nx)``, when known.
+    noise : `~numpy.ndarray` or None
+        1-sigma noise per pixel, shape ``(n_bands, ny, nx)``, when known (the
+        optical adapter estimates it with the background).
     psf : dict or None
         Facts about the point-spread function, e.g. ``{"sigma_pix": [...]}``
         (Gaussian sigma in pixels per band).
@@ -59,6 +62,7 @@ class SkyImage:
     instrument: str | None = None
     exposure: np.ndarray | u.Quantity | None = None
     background: np.ndarray | None = None
+    noise: np.ndarray | None = None
     psf: dict | None = None
     meta: dict = field(default_factory=dict)
 

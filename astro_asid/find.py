@@ -17,6 +17,7 @@ __all__ = ["find_sources", "default_detector_name"]
 _PREFERRED = {
     "fermi-lat": ("asid-unet", "tsmap"),
     "ctao": ("asid-ctao", "tsmap"),
+    "optical": ("asid-optical", "dao"),
     None: ("peaks",),
 }
 
@@ -135,11 +136,19 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
             return adapter.find_sources(image, wcs=wcs, detector=detector, mask=mask,
                                         instrument=instrument, energy_edges=energy_edges,
                                         characterize=characterize, **options)
-    sky = as_sky_image(image, wcs, mask=mask, energy_edges=energy_edges, instrument=instrument,
-                       hdu=hdu)
+    if instrument == "optical":
+        # FITS header facts (gain, saturation, zero point), background and noise maps
+        from astro_asid.instruments.optical import prepare_optical
+        sky = prepare_optical(image, wcs, mask=mask, hdu=hdu)
+    else:
+        sky = as_sky_image(image, wcs, mask=mask, energy_edges=energy_edges,
+                           instrument=instrument, hdu=hdu)
     if instrument is not None:
         sky = sky.copy(instrument=instrument)
     det, origin = _resolve_detector(detector, sky.instrument, options, sky)
+    if sky.instrument is None and tuple(det.instruments) == ("optical",):
+        from astro_asid.instruments.optical import prepare_optical
+        sky = prepare_optical(sky)
     if det.needs_counts:
         sky.check_counts(f"detector {det.name!r}")
     where = f"detector {det.name!r} (from {origin})"

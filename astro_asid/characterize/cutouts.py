@@ -83,13 +83,15 @@ def cutout_input(cutouts, valid, mode="log1p"):
         ``(n, n_bands, s, s)`` counts.
     valid : `~numpy.ndarray`
         ``(n, s, s)`` fraction of valid pixels.
-    mode : {"log1p", "significance"}
+    mode : {"log1p", "significance", "snr"}
         ``"log1p"``: ``log1p`` of the counts per band (keeps the absolute
         brightness, which the flux head needs; right for sparse counts such as
         Fermi-LAT's). ``"significance"``: ``asinh((counts - m) / sqrt(m + 1))`` with
         ``m`` the cutout's median per band, the background level then being
         given as the scalars ``log1p(m)`` (for background-dominated maps such as
         CTAO's, where a source is a small excess on a large level).
+        ``"snr"``: the cutouts are already signal-to-noise images (optical);
+        ``asinh(snr / 2)``, no scalars.
 
     Returns
     -------
@@ -98,8 +100,14 @@ def cutout_input(cutouts, valid, mode="log1p"):
     scalars : `~numpy.ndarray`
         ``(n, 0)`` for ``"log1p"``, ``(n, n_bands)`` for ``"significance"``.
     """
-    c = np.clip(np.asarray(cutouts, np.float32), 0, None)
+    c = np.asarray(cutouts, np.float32)
     n = len(c)
+    if mode == "snr":
+        # signal-to-noise cutouts (optical): linear near the noise, logarithmic above
+        planes = np.concatenate([np.arcsinh(c / 2.0), np.asarray(valid, np.float32)[:, None]],
+                                axis=1)
+        return planes.astype(np.float32), np.zeros((n, 0), np.float32)
+    c = np.clip(c, 0, None)
     if mode == "log1p":
         x, scal = np.log1p(c), np.zeros((n, 0), np.float32)
     elif mode == "significance":
@@ -108,6 +116,6 @@ def cutout_input(cutouts, valid, mode="log1p"):
         x = np.arcsinh((c - m[:, :, None, None]) / np.sqrt(m + 1.0)[:, :, None, None])
         scal = np.log1p(m).astype(np.float32)
     else:
-        raise ValueError(f"mode must be 'log1p' or 'significance', not {mode!r}")
+        raise ValueError(f"mode must be 'log1p', 'significance' or 'snr', not {mode!r}")
     planes = np.concatenate([x, np.asarray(valid, np.float32)[:, None]], axis=1)
     return planes.astype(np.float32), scal

@@ -41,6 +41,10 @@ INSTRUMENTS = {
                  match_radius_px=8.0, class_names=["source", "FAKE"], inject_snr=5.0,
                  ext_class_names=["C0", "C1", "C2"], ext_edges_deg=[0.1, 0.3],
                  flux_unit="cm-2 s-1", flux_band=">1 TeV", flux_energy_range=[1.0, 100.0, "TeV"]),
+    "optical": dict(detector="asid-optical", cutouts=[{"size": 19, "binning": 1}], input="snr",
+                    match_radius_px=1.5, class_names=["star", "galaxy", "FAKE"],
+                    flux_unit="", flux_band="total flux in the image's units",
+                    flux_energy_range=None),
 }
 
 
@@ -86,7 +90,8 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
     ----------
     n_patches : int
         Simulated patches.
-    instrument : {"fermi-lat", "ctao"}
+    instrument : {"fermi-lat", "ctao", "optical"}
+        (optical: see `~astro_asid.characterize.optical_data`)
     detector : str or `~astro_asid.detection.Detector`, optional
         Default: the instrument's deep detector (`INSTRUMENTS`).
     seed : int
@@ -114,6 +119,9 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
         ``cls``, ``extension``, ``snr``, ``snr_obs``, ``score``, ``exposure``,
         ``bscale``, ``patch``, ``injected``.
     """
+    if instrument == "optical":
+        from astro_asid.characterize.optical_data import simulate_optical_candidates
+        return simulate_optical_candidates(n_patches, detector=detector, seed=seed, log=log)
     from astro_asid.plugins.manager import get_registry
     from astro_asid.training.fermi import _significance
     from astro_asid.training.metrics import match_detections

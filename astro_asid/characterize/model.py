@@ -31,7 +31,8 @@ __all__ = ["Characterizer", "SigmaCalibration", "shipped_characterizer",
            "CHARACTERIZER_NAMES"]
 
 #: Shipped characteriser per instrument (a model name in astro_asid/models).
-CHARACTERIZER_NAMES = {"fermi-lat": "characterize-fermi-lat", "ctao": "characterize-ctao"}
+CHARACTERIZER_NAMES = {"fermi-lat": "characterize-fermi-lat", "ctao": "characterize-ctao",
+                       "optical": "characterize-optical"}
 
 
 class SigmaCalibration:
@@ -182,7 +183,16 @@ class Characterizer:
         (first cutout scale), from the network input; ``(n, 3 * n_bands)``."""
         nb = int(self.card.get("n_bands", 1))
         planes = np.asarray(inputs[:, :nb], np.float32)
-        counts = np.expm1(planes) if self.card.get("input", "log1p") == "log1p" else planes
+        mode = self.card.get("input", "log1p")
+        if mode == "snr":
+            # signal-to-noise planes: asinh of the aperture S/N sums (signed)
+            snr = 2.0 * np.sinh(planes)
+            size = planes.shape[-1]
+            yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0
+            r = np.hypot(xx, yy)
+            return np.concatenate([np.arcsinh(snr[:, :, r <= rad].sum(-1))
+                                   for rad in _APERTURE_RADII], axis=1)
+        counts = np.expm1(planes) if mode == "log1p" else planes
         size = planes.shape[-1]
         yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0
         r = np.hypot(xx, yy)
@@ -340,7 +350,15 @@ class Characterizer:
         stacked = (detector is not None and detector == self.card.get("detector")
                    and "source_stack" in self.card.get("calibration", {}))
         score = np.asarray(cands["score"], float) if stacked else None
-        r = self.predict(image.filled(0.0), x, y, mask=image.mask, score=score)
+        snr_input = self.card.get("input") == "snr"
+        if snr_input:
+            # optical: the network sees (data - background) / noise, and its flux is in
+            # units of the local noise
+            from astro_asid.instruments.optical import snr_image
+            snr, noise = snr_image(image, return_noise=True)
+            r = self.predict(snr[np.newaxis], x, y, mask=image.mask2d[np.newaxis], score=score)
+        else:
+            r = self.predict(image.filled(0.0), x, y, mask=image.mask, score=score)
         half = min(sc["size"] * sc.get("binning", 1) for sc in self.scales) / 2.0
         if "dx" in r:
             cands["x_detector"] = x
@@ -351,13 +369,23 @@ class Characterizer:
             cands["y_err"] = r["sigma_y"]
         if "log10_flux" in r:
             fl = self.card["flux"]
-            s = self.exposure_scale(image, x, y)
+            if snr_input:
+                ny, nx = image.shape
+                s = 1.0 / noise[np.clip(np.rint(y).astype(int), 0, ny - 1),
+                                np.clip(np.rint(x).astype(int), 0, nx - 1)]
+                unit = u.Unit(image.unit) if image.unit is not None else u.dimensionless_unscaled
+            else:
+                s = self.exposure_scale(image, x, y)
+                unit = u.Unit(fl.get("unit", ""))
             flux = 10.0 ** r["log10_flux"] / s
-            unit = u.Unit(fl.get("unit", ""))
             cands["flux"] = flux * unit
             # the network's error is Gaussian in log10 flux; the catalog's symmetric
             # error is its first-order linear equivalent
             cands["flux_err"] = flux * np.log(10.0) * r["sigma_log10_flux"] * unit
+            zp = image.meta.get("zeropoint") if snr_input else None
+            if zp is not None:
+                cands["mag"] = float(zp) - 2.5 * r["log10_flux"] + 2.5 * np.log10(s)
+                cands["mag_err"] = 2.5 * r["sigma_log10_flux"]
         if "source_prob" in r:
             cands["source_prob"] = r["source_prob"]
         if "class_prob" in r:
@@ -377,7 +405,8 @@ class Characterizer:
             cands.meta["flux_band"] = self.card["flux"].get("band")
             if self.card["flux"].get("energy_range"):
                 cands.meta["flux_energy_range"] = list(self.card["flux"]["energy_range"])
-            if image.exposure is None or self.card["flux"].get("nominal_exposure") is None:
+            if not snr_input and (image.exposure is None
+                                  or self.card["flux"].get("nominal_exposure") is None):
                 cands.meta["flux_exposure"] = self.card["flux"].get(
                     "nominal_exposure_note", "nominal exposure of the training simulation")
         return cands

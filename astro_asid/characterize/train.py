@@ -552,6 +552,10 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
         card["pixel_scale_deg"] = CTAO_PIXEL_DEG
         card["flux"]["nominal_exposure_note"] = (
             "fluxes assume the simulation's exposure (20 h, CTA prod3b South)")
+    if instrument == "optical":
+        card["flux"]["unit"] = "image units"
+        card["flux"]["note"] = ("log10 flux is predicted in units of the local noise and "
+                                "multiplied by the image's noise map")
     if "ext_class_names" in spec:
         card["ext_class_names"] = spec["ext_class_names"]
         card["ext_edges_deg"] = spec["ext_edges_deg"]

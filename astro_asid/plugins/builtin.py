@@ -21,7 +21,9 @@ def asid_register_detectors(registry):
     from astro_asid.nn.io import shipped_model_path
 
     # detectors whose weights are not (yet) shipped are not offered
-    for cls in OTHER_DEEP_DETECTORS:
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    for cls in OTHER_DEEP_DETECTORS + [ASIDOpticalDetector]:
         if shipped_model_path(cls.name).with_suffix(".json").exists():
             registry.add(cls)
 

@@ -20,11 +20,12 @@ def add_arguments(parser):
     from astro_asid.training.fermi import CTAO_DETECTOR_NAMES, DETECTOR_NAMES
 
     parser.add_argument("detector", choices=DETECTOR_NAMES + CTAO_DETECTOR_NAMES
-                        + ("characterizer",),
+                        + ("asid-optical", "characterizer"),
                         help="detector to train (the four Fermi-LAT ones share one "
                              "multi-head U-Net; asid-ctao needs --instrument ctao), or "
                              "'characterizer' (astro_asid.characterize.train)")
-    parser.add_argument("--instrument", default="fermi-lat", choices=["fermi-lat", "ctao"])
+    parser.add_argument("--instrument", default="fermi-lat",
+                        choices=["fermi-lat", "ctao", "optical"])
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="default 32 (detectors), 512 (characterizer)")
@@ -39,7 +40,8 @@ def add_arguments(parser):
     parser.add_argument("--simulator", default="auto", choices=["auto", "fermi", "toy", "toy-b1"])
     parser.add_argument("--base-width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--pool-size", type=int, default=512)
+    parser.add_argument("--pool-size", type=int, default=512,
+                        help="simulated training patches (asid-optical: fields, default 3000)")
     parser.add_argument("--n-val", type=int, default=192)
     parser.add_argument("--n-calibration", type=int, default=384)
     parser.add_argument("--val-every", type=int, default=200)
@@ -69,6 +71,16 @@ def run(args):
     command = "asid train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if sys.argv[1:2] == ["train"]:
         command = "asid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.detector == "asid-optical":
+        from astro_asid.training.optical import train_optical_detector
+        train_optical_detector(args.out, n_fields=args.pool_size if args.pool_size != 512
+                               else 3000, n_calibration=args.n_calibration
+                               if args.n_calibration != 384 else 200, steps=args.steps,
+                               batch_size=args.batch_size or 16, lr=args.lr or 2e-3,
+                               base_width=args.base_width, depth=args.depth, seed=args.seed,
+                               workers=max(1, args.workers), device=args.device,
+                               threads=args.threads, command=command)
+        return 0
     if args.detector == "characterizer":
         from astro_asid.characterize.train import train_characterizer
         train_characterizer(args.instrument, n_patches=args.n_patches,
