@@ -615,3 +615,26 @@ def test_asid_optical_rejects_cubes():
 
     with pytest.raises(ValueError, match="bands"):
         ASIDOpticalDetector().detect(SkyImage(np.zeros((3, 32, 32), np.float32)))
+
+
+def test_find_sources_optical_characterised():
+    from astro_asid import find_sources
+
+    f = _detection_field(seed=6, shape=(128, 128))
+    cat = find_sources(f.to_hdu(optical_wcs(f.image.shape)), instrument="optical",
+                       min_score=0.5)
+    assert cat.meta["characterizer"]["name"] == "characterize-optical"
+    assert cat.meta["class_names"] == ["star", "galaxy", "FAKE"]
+    assert np.all(np.isfinite(np.asarray(cat["flux"].value)))
+    assert np.all(np.asarray(cat["flux_err"].value) > 0)
+    # bright isolated sources: the flux within 0.15 dex of the truth and mag from MAGZP
+    d = np.hypot(np.asarray(cat["x_centroid"])[:, None] - f.truth["x"],
+                 np.asarray(cat["y_centroid"])[:, None] - f.truth["y"])
+    j = d.argmin(axis=1)
+    ok = (d.min(axis=1) < 1.0) & (f.truth["snr"][j] > 30) & ~f.truth["saturated"][j]
+    assert ok.sum() >= 3
+    dlog = np.log10(np.asarray(cat["flux"].value)[ok] / f.truth["flux"][j[ok]])
+    assert np.median(np.abs(dlog)) < 0.15
+    np.testing.assert_allclose(np.asarray(cat["mag"])[ok],
+                               f.meta["zeropoint"] - 2.5 * np.log10(
+                                   np.asarray(cat["flux"].value)[ok]), atol=1e-3)
