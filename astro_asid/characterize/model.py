@@ -179,24 +179,21 @@ class Characterizer:
         return {k: np.stack(v) for k, v in out.items()}
 
     def aperture_features(self, inputs):
-        """log1p of the counts within 1.5, 3 and 5 pixels of the cutout centre, per band
-        (first cutout scale), from the network input; ``(n, 3 * n_bands)``."""
+        """log1p of the counts (asinh of the S/N sums for ``"snr"`` inputs) within 1.5,
+        3 and 5 pixels of the cutout centre, per band (first cutout scale), from the
+        network input; ``(n, 3 * n_bands)``."""
         nb = int(self.card.get("n_bands", 1))
         planes = np.asarray(inputs[:, :nb], np.float32)
         mode = self.card.get("input", "log1p")
         if mode == "snr":
-            # signal-to-noise planes: asinh of the aperture S/N sums (signed)
-            snr = 2.0 * np.sinh(planes)
-            size = planes.shape[-1]
-            yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0
-            r = np.hypot(xx, yy)
-            return np.concatenate([np.arcsinh(snr[:, :, r <= rad].sum(-1))
-                                   for rad in _APERTURE_RADII], axis=1)
-        counts = np.expm1(planes) if mode == "log1p" else planes
+            # signal-to-noise sums are signed: asinh instead of log1p
+            values, squash = 2.0 * np.sinh(planes), np.arcsinh
+        else:
+            values, squash = (np.expm1(planes) if mode == "log1p" else planes), np.log1p
         size = planes.shape[-1]
         yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0
         r = np.hypot(xx, yy)
-        return np.concatenate([np.log1p(counts[:, :, r <= rad].sum(-1))
+        return np.concatenate([squash(values[:, :, r <= rad].sum(-1))
                                for rad in _APERTURE_RADII], axis=1)
 
     def combine(self, raw, calibrated=True, score=None, aperture=None):

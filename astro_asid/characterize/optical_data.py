@@ -30,9 +30,9 @@ def simulate_optical_candidates(n_fields, detector=None, seed=0, shape=(128, 128
     `~astro_asid.characterize.data.simulate_candidates` for the returned arrays."""
     from astro_asid.characterize.data import INSTRUMENTS
     from astro_asid.detection.optical import ASIDOpticalDetector
-    from astro_asid.instruments.optical import estimate_background
     from astro_asid.simulate.optical import OpticalSkySimulator
     from astro_asid.training.metrics import match_detections
+    from astro_asid.training.optical import field_snr
 
     spec = spec or INSTRUMENTS["optical"]
     if detector is None or isinstance(detector, str):
@@ -42,8 +42,7 @@ def simulate_optical_candidates(n_fields, detector=None, seed=0, shape=(128, 128
     t0 = time.time()
     for j in range(int(n_fields)):
         f = sim.sample()
-        back, noise = estimate_background(f.image, box_size=32)
-        snr = ((f.image - back) / noise).astype(np.float32)
+        snr, noise = field_snr(f.image)
         cand = detector.detect_snr(snr)
         x = np.asarray(cand["x_centroid"], float)
         y = np.asarray(cand["y_centroid"], float)

@@ -28,15 +28,7 @@ SNR_SCALE = 2.0
 
 
 def optical_input(snr, bad=None):
-    """Network input ``(2, ny, nx)`` from a signal-to-noise image (numpy or batched torch)."""
-    import torch
-
-    if isinstance(snr, torch.Tensor):
-        x = torch.asinh(snr / SNR_SCALE)
-        flag = torch.zeros_like(x) if bad is None else bad.to(x.dtype)
-        if bad is not None:
-            x = x * (1 - flag)
-        return torch.stack([x, flag], dim=-3)
+    """Network input ``(2, ny, nx)``: ``asinh(snr / 2)`` (0 where ``bad``) and the ``bad`` flag."""
     snr = np.asarray(snr, np.float32)
     x = np.arcsinh(snr / np.float32(SNR_SCALE)).astype(np.float32)
     flag = np.zeros_like(x) if bad is None else np.asarray(bad, np.float32)

@@ -40,10 +40,13 @@ def add_arguments(parser):
     parser.add_argument("--simulator", default="auto", choices=["auto", "fermi", "toy", "toy-b1"])
     parser.add_argument("--base-width", type=int, default=16)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--pool-size", type=int, default=512,
-                        help="simulated training patches (asid-optical: fields, default 3000)")
+    parser.add_argument("--pool-size", type=int, default=None,
+                        help="simulated training patches (default 512; asid-optical: fields, "
+                             "default 3000)")
     parser.add_argument("--n-val", type=int, default=192)
-    parser.add_argument("--n-calibration", type=int, default=384)
+    parser.add_argument("--n-calibration", type=int, default=None,
+                        help="calibration patches (default 384; asid-optical: fields, "
+                             "default 200)")
     parser.add_argument("--val-every", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--workers", type=int, default=0,
@@ -73,9 +76,8 @@ def run(args):
         command = "asid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.detector == "asid-optical":
         from astro_asid.training.optical import train_optical_detector
-        train_optical_detector(args.out, n_fields=args.pool_size if args.pool_size != 512
-                               else 3000, n_calibration=args.n_calibration
-                               if args.n_calibration != 384 else 200, steps=args.steps,
+        train_optical_detector(args.out, n_fields=args.pool_size or 3000,
+                               n_calibration=args.n_calibration or 200, steps=args.steps,
                                batch_size=args.batch_size or 16, lr=args.lr or 2e-3,
                                base_width=args.base_width, depth=args.depth, seed=args.seed,
                                workers=max(1, args.workers), device=args.device,
@@ -95,8 +97,9 @@ def run(args):
                    batch_size=args.batch_size or 32, lr=args.lr or 2e-3, seed=args.seed,
                    out=args.out,
                    background=args.background, device=args.device, simulator=args.simulator,
-                   base_width=args.base_width, depth=args.depth, pool_size=args.pool_size,
-                   n_val=args.n_val, n_calibration=args.n_calibration, export=args.export,
+                   base_width=args.base_width, depth=args.depth,
+                   pool_size=args.pool_size or 512, n_val=args.n_val,
+                   n_calibration=args.n_calibration or 384, export=args.export,
                    threads=args.threads, val_every=args.val_every,
                    init_weights=args.init_weights, command=command,
                    spectral_tilt=args.spectral_tilt, workers=args.workers)

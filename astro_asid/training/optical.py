@@ -6,8 +6,8 @@
 
 1. `simulate_optical_pool`: `~astro_asid.simulate.optical.OpticalSkySimulator`
    fields turned into the detector's own input (background and noise from
-   `~astro_asid.instruments.optical.estimate_background`, exactly as at run
-   time), with the positions of the sources to find (matched-filter
+   `~astro_asid.instruments.optical.estimate_background`, as at run time but
+   with 32 px boxes on the 128 px fields), with the positions of the sources to find (matched-filter
    S/N >= ``target_snr``); cosmic rays and trails are in the images but not in
    the targets.
 2. Training: the multi-head U-Net (``seg`` disks of 1.5 px + ``offset``)
@@ -29,7 +29,7 @@ import torch
 
 from astro_asid import __version__
 
-__all__ = ["simulate_optical_pool", "train_optical_detector", "evaluate_optical",
+__all__ = ["field_snr", "simulate_optical_pool", "train_optical_detector", "evaluate_optical",
            "OPTICAL_MATCH_RADIUS_PX", "TARGET_SNR",
            "recall_at_precision_counted"]
 
@@ -41,21 +41,29 @@ _DISK = 1.5
 _VECTOR = 3.0
 
 
-def _pool_chunk(args):
-    n, shape, seed, target_snr = args
+def field_snr(image, box_size=32):
+    """S/N image ``(image - background) / noise`` and the noise map of a simulated field
+    (`~astro_asid.instruments.optical.estimate_background`), as the training sets use."""
     from astro_asid.instruments.optical import estimate_background
+
+    back, noise = estimate_background(image, box_size=box_size)
+    return ((image - back) / noise).astype(np.float32), noise
+
+
+def _pool_chunk(args):
+    n, shape, seed, target_snr, keep_fields = args
     from astro_asid.simulate.optical import OpticalSkySimulator
 
     sim = OpticalSkySimulator(shape=shape, seed=seed)
-    snr, xy, truth = [], [], []
+    snr, xy, fields = [], [], []
     for _ in range(n):
         f = sim.sample()
-        back, noise = estimate_background(f.image, box_size=32)
-        snr.append(((f.image - back) / noise).astype(np.float16))
+        snr.append(field_snr(f.image)[0].astype(np.float16))
         keep = f.truth["snr"] >= target_snr
         xy.append(np.column_stack([f.truth["x"][keep], f.truth["y"][keep]]).astype(np.float32))
-        truth.append(f)
-    return np.stack(snr), xy, truth
+        if keep_fields:
+            fields.append(f)
+    return np.stack(snr), xy, fields
 
 
 def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TARGET_SNR,
@@ -71,7 +79,7 @@ def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TAR
     """
     workers = max(1, int(workers))
     per = -(-int(n) // workers)
-    tasks = [(min(per, n - w * per), tuple(shape), seed * 1000 + w, target_snr)
+    tasks = [(min(per, n - w * per), tuple(shape), seed * 1000 + w, target_snr, keep_fields)
              for w in range(workers) if n - w * per > 0]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
