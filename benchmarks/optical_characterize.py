@@ -1,4 +1,5 @@
-"""Star/galaxy separation of the optical characteriser against a concentration baseline.
+"""The optical characteriser on its held-out test set: flux errors by brightness, and
+star/galaxy separation against a concentration baseline.
 
 On the characteriser's held-out test set (``asid train characterizer --instrument optical
 ... --cache CACHE`` writes it as ``CACHE/optical-test-<n>-<seed>.npz``): the real
@@ -6,11 +7,14 @@ On the characteriser's held-out test set (``asid train characterizer --instrumen
 
 - ``class_prob``: P(galaxy) / (P(star) + P(galaxy)) of ``characterize-optical``;
 - the baseline: the concentration of the light, S/N within 1.5 px over S/N within 5 px
-  of the candidate (what SExtractor's CLASS_STAR and size cuts measure).
+  of the candidate (what SExtractor's CLASS_STAR and size cuts measure);
+- flux: per bin of true matched-filter S/N (brightness relative to each field's depth),
+  the median absolute error in dex and the mean and spread of the z-score
+  ``(log10 F_pred - log10 F_true) / sigma`` (calibrated: spread 0.9-1.1).
 
 Run::
 
-    python benchmarks/optical_star_galaxy.py CACHE/optical-test-300-103.npz
+    python benchmarks/optical_characterize.py CACHE/optical-test-300-103.npz
 """
 
 import argparse
@@ -47,6 +51,17 @@ def main(argv=None):
     real = d["real"].astype(bool)
     galaxy = d["cls"] == 1
     snr = d["snr"]
+    print("## Flux errors of the real candidates by true S/N\n")
+    print("| S/N | n | median abs error (dex) | z mean | z std |")
+    print("|---|---|---|---|---|")
+    dl = r["log10_flux"] - d["log10_flux"]
+    z = dl / r["sigma_log10_flux"]
+    for lo, hi in ((5, 10), (10, 30), (30, 100), (100, 1000), (1000, np.inf), (5, np.inf)):
+        m = real & (d["snr"] >= lo) & (d["snr"] < hi)
+        if m.sum() >= 50:
+            print(f"| {lo:g}-{hi:g} | {int(m.sum())} | {np.median(np.abs(dl[m])):.3f} | "
+                  f"{z[m].mean():+.2f} | {z[m].std():.2f} |")
+    print("\n## Star/galaxy AUC of the real candidates\n")
     print("| S/N | n stars | n galaxies | AUC class_prob | AUC concentration |")
     print("|---|---|---|---|---|")
     for lo, hi in ((5, 10), (10, 30), (30, 100), (100, np.inf), (5, np.inf)):
