@@ -10,7 +10,7 @@ from astro_asid.nn.io import load_weights, save_weights
 from astro_asid.nn.normalize import anscombe, model_input, model_input_torch, normalize_counts
 from astro_asid.nn.targets import (direction_targets, disk_targets, gaussian_heatmap,
                                    make_targets, nearest_centre, offset_targets)
-from astro_asid.nn.unet import UNet, build_unet, pad_to_multiple
+from astro_asid.nn.unet import UNet, build_unet, inference_copy, pad_to_multiple
 from astro_asid.training.loop import Trainer, select_device
 from astro_asid.training.metrics import match_detections, precision_recall, recall_at_precision
 from astro_asid.training.toy import ToySkySimulator
@@ -394,3 +394,23 @@ def test_parallel_pool_and_batch_stream_are_deterministic():
     assert torch.equal(first[1][0], first[2][0])
     with pytest.raises(ValueError, match="batches of 3"):
         BatchStream(pool, 3, workers=0)(None, 4)
+
+
+def test_inference_copy_matches_the_network():
+    torch.manual_seed(0)
+    net = build_unet({"in_channels": 2, "base_width": 4, "depth": 2, "heads": {"seg": 1,
+                                                                                "offset": 2}})
+    # non-trivial batch-norm statistics, as after training
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(4, 2, 32, 32) * 3 + 1)
+    net.eval()
+    fast = inference_copy(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # original kept
+    x = torch.randn(2, 2, 48, 64)
+    with torch.inference_mode():
+        a, b = net(x), fast(x.contiguous(memory_format=torch.channels_last))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), atol=1e-4, rtol=1e-4)

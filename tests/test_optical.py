@@ -600,6 +600,55 @@ def test_asid_optical_tiling_matches_single_pass():
     assert dd.min() > 0.5
 
 
+def test_asid_optical_blocks_cover_every_tile_once():
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    det = ASIDOpticalDetector(tile_size=64, overlap=16, block_tiles=3)
+    (ys, _, xs, _), blocks = det.blocks((300, 250))
+    jobs = [j for b, _ in blocks for j in b]
+    assert sorted(jobs) == [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
+    for b, (y0, y1, x0, x1) in blocks:
+        assert all(y0 <= ys[iy] and ys[iy] + 64 <= y1 and x0 <= xs[ix] and xs[ix] + 64 <= x1
+                   for iy, ix in b)
+    with pytest.raises(ValueError, match="block_tiles"):
+        ASIDOpticalDetector(block_tiles=0)
+
+
+def test_asid_optical_blockwise_background_matches_one_block():
+    """Blocks with their own background find the same sources as one pass over the image."""
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    f = _detection_field(seed=6, shape=(320, 320))
+    img = SkyImage(f.image[np.newaxis])
+    one = ASIDOpticalDetector(min_score=0.3, tile_size=96, overlap=32).detect(img)
+    blocked = ASIDOpticalDetector(min_score=0.3, tile_size=96, overlap=32,
+                                  block_tiles=2).detect(img)
+    a = one[one["score"] > 0.8]
+    assert len(a) >= 5
+    d = np.hypot(np.asarray(blocked["x_centroid"])[:, None] - np.asarray(a["x_centroid"]),
+                 np.asarray(blocked["y_centroid"])[:, None] - np.asarray(a["y_centroid"]))
+    assert np.all(d.min(axis=0) < 0.5)
+    assert abs(len(blocked) - len(one)) <= max(2, 0.05 * len(one))
+    # given background/noise maps are used as they are, block by block
+    sky = prepare_optical(f.image, require_wcs=False)
+    given = ASIDOpticalDetector(min_score=0.3, tile_size=96, overlap=32, block_tiles=2).detect(sky)
+    whole = ASIDOpticalDetector(min_score=0.3, tile_size=96, overlap=32).detect(sky)
+    np.testing.assert_allclose(np.sort(np.asarray(given["x_centroid"])),
+                               np.sort(np.asarray(whole["x_centroid"])), atol=1e-6)
+
+
+def test_asid_optical_fully_masked_block_is_skipped():
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    f = _detection_field(seed=7, shape=(256, 256))
+    mask = np.zeros(f.image.shape, bool)
+    mask[:, :128] = True
+    img = SkyImage(f.image[np.newaxis], mask=mask[np.newaxis])
+    tab = ASIDOpticalDetector(min_score=0.3, tile_size=64, overlap=16, block_tiles=1).detect(img)
+    assert len(tab) > 0
+    assert np.all(np.asarray(tab["x_centroid"]) >= 127.5)
+
+
 def test_asid_star_finder_on_optical_image():
     from astro_asid import ASIDStarFinder
 
@@ -638,3 +687,19 @@ def test_find_sources_optical_characterised():
     np.testing.assert_allclose(np.asarray(cat["mag"])[ok],
                                f.meta["zeropoint"] - 2.5 * np.log10(
                                    np.asarray(cat["flux"].value)[ok]), atol=1e-3)
+
+
+def test_optical_training_batches_weight_artefact_pixels():
+    from astro_asid.training.optical import make_batch_fn, simulate_optical_pool
+
+    pool = simulate_optical_pool(3, shape=(64, 64), seed=2, trail_probability=1.0,
+                                 cosmic_ray_density=(2e-3, 3e-3))
+    assert pool["artefact"].shape == (3, 64, 64) and (pool["artefact"] == 2).any()
+    x, t = make_batch_fn(pool, artefact_weight=4.0)(np.random.default_rng(0), 4)
+    assert x.shape == (4, 2, 64, 64)
+    w = t["seg_w"].numpy()
+    assert w.shape == (4, 1, 64, 64) and set(np.unique(w)) <= {1.0, 5.0} and (w == 5).any()
+    # an artefact pixel is never a source-disk pixel it would be up-weighted against
+    assert (t["seg"].numpy()[w == 5] == 1).mean() < 0.2
+    _, t0 = make_batch_fn(pool)(np.random.default_rng(0), 2)
+    assert "seg_w" not in t0

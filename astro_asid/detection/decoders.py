@@ -394,25 +394,30 @@ def refine_positions(cand, seg, offset=None, radius=1.5, max_shift=1.0):
     if offset is not None:
         offset = _check_map(offset, "offset", ndim=3)
     ny, nx = seg.shape
+    if len(cand) == 0:
+        return cand
     r = int(np.ceil(radius))
     oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
-    x_new, y_new = cand.x.copy(), cand.y.copy()
-    for i, (x, y) in enumerate(zip(cand.x, cand.y)):
-        py = np.rint(y).astype(int) + oy.ravel()
-        px = np.rint(x).astype(int) + ox.ravel()
-        ok = ((py >= 0) & (py < ny) & (px >= 0) & (px < nx)
-              & ((px - x) ** 2 + (py - y) ** 2 <= radius ** 2))
-        py, px = py[ok], px[ok]
-        w = seg[py, px]
-        if w.sum() <= 0:
-            continue
-        if offset is not None:
-            tx, ty = px + offset[0, py, px], py + offset[1, py, px]
-        else:
-            tx, ty = px.astype(float), py.astype(float)
-        xr, yr = np.sum(w * tx) / w.sum(), np.sum(w * ty) / w.sum()
-        if (xr - x) ** 2 + (yr - y) ** 2 <= max_shift ** 2:
-            x_new[i], y_new[i] = xr, yr
+    # all candidates at once: (n_candidates, n_neighbour_pixels)
+    x, y = np.asarray(cand.x, float), np.asarray(cand.y, float)
+    py = np.rint(y).astype(int)[:, None] + oy.ravel()[None, :]
+    px = np.rint(x).astype(int)[:, None] + ox.ravel()[None, :]
+    ok = ((py >= 0) & (py < ny) & (px >= 0) & (px < nx)
+          & ((px - x[:, None]) ** 2 + (py - y[:, None]) ** 2 <= radius ** 2))
+    py, px = np.clip(py, 0, ny - 1), np.clip(px, 0, nx - 1)
+    w = np.where(ok, seg[py, px], 0.0)
+    if offset is not None:
+        tx, ty = px + offset[0, py, px], py + offset[1, py, px]
+    else:
+        tx, ty = px.astype(float), py.astype(float)
+    wsum = w.sum(axis=1)
+    has = wsum > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xr = np.sum(w * tx, axis=1) / wsum
+        yr = np.sum(w * ty, axis=1) / wsum
+    move = has & ((xr - x) ** 2 + (yr - y) ** 2 <= max_shift ** 2)
+    x_new = np.where(move, xr, x)
+    y_new = np.where(move, yr, y)
     return Candidates(x_new, y_new, cand.raw_score)
 
 

@@ -51,7 +51,7 @@ from astro_asid.detection.decoders import (ScoreCalibration, centroid_votes,
                                            refine_positions)
 from astro_asid.nn.io import load_weights, shipped_model_path, weights_path
 from astro_asid.nn.normalize import model_input
-from astro_asid.nn.unet import build_unet
+from astro_asid.nn.unet import build_unet, inference_copy
 from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
 
 __all__ = ["DeepDetector", "ASIDUNetDetector", "UNEKDetector", "CentroidNetDetector",
@@ -107,6 +107,16 @@ def load_model(path, device="cpu"):
         if key is not None:
             _CACHE[key] = (model, card)
     return model, card
+
+
+def _inference_model(model):
+    """The BN-folded, channels-last copy of a cached network (`inference_copy`), made once."""
+    with _CACHE_LOCK:
+        fast = _CACHE.get(("inference", id(model)))
+        if fast is None or fast[0] is not model:
+            fast = (model, inference_copy(model))
+            _CACHE[("inference", id(model))] = fast
+    return fast[1]
 
 
 class DeepDetector(Detector):
@@ -175,7 +185,7 @@ class DeepDetector(Detector):
     # -- network pass ----------------------------------------------------------
     def _forward(self, x):
         """Run the network on ``(n, c, ny, nx)`` inputs (numpy); returns numpy maps."""
-        model, _ = self._model()
+        model = _inference_model(self._model()[0])
         dev = next(model.parameters()).device
         m = model.multiple
         ny, nx = x.shape[-2:]
@@ -188,6 +198,7 @@ class DeepDetector(Detector):
         with torch.inference_mode():
             for i in range(0, len(x), self.batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(x[i:i + self.batch_size])).to(dev)
+                xb = xb.contiguous(memory_format=torch.channels_last)
                 acc = {}
                 for dims in flips:
                     res = model(torch.flip(xb, dims) if dims else xb)

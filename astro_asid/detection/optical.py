@@ -54,6 +54,10 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         Background box when the image carries no background/noise maps.
     tile_size, overlap, batch_size : int
         Tiling of large images (pixels) and tiles per forward pass.
+    block_tiles : int
+        Large images are processed in blocks of ``block_tiles`` x
+        ``block_tiles`` tiles (background, S/N, network, decoding), which
+        bounds the memory (see `detect`).
     device, tta, score, refine
         As for `~astro_asid.detection.ASIDUNetDetector`.
     """
@@ -65,52 +69,116 @@ class ASIDOpticalDetector(ASIDUNetDetector):
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=1.5 / np.sqrt(2.0),
                  peak_threshold=0.02, score="log", refine="offset", box_size=64, device="cpu",
-                 tile_size=256, overlap=32, batch_size=8, tta=1):
+                 tile_size=256, overlap=32, batch_size=8, tta=1, block_tiles=8):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,
                          device=device, tile_size=tile_size, overlap=overlap,
                          batch_size=batch_size, tta=tta)
         self.box_size = int(box_size)
+        if int(block_tiles) < 1:
+            raise ValueError(f"block_tiles must be >= 1, got {block_tiles}")
+        self.block_tiles = int(block_tiles)
 
     def _decode_batch(self, x):
         maps = self._forward(x)
         return [self.decode({k: v[i] if k != "seg" else v[i, 0] for k, v in maps.items()})
                 for i in range(len(x))]
 
-    def detect_snr(self, snr, bad=None):
-        """Candidates (pixel positions, calibrated scores) from a S/N image ``(ny, nx)``."""
-        snr = np.asarray(snr, np.float32)
-        ny, nx = snr.shape
-        bad = np.zeros(snr.shape, bool) if bad is None else np.asarray(bad, bool)
-        t = self.tile_size
-        ys, yb = self._tiles(ny)
-        xs, xb = self._tiles(nx)
-        th, tw = min(t, ny), min(t, nx)
+    def _run_tiles(self, snr, bad, grid, jobs, origin=(0, 0)):
+        """Raw candidates (image coordinates) of the tiles ``jobs`` of the image's tile
+        ``grid``; ``snr``/``bad`` cover the image from ``origin`` (y, x) on."""
+        ys, yb, xs, xb = grid
+        oy, ox = origin
+        th = min(self.tile_size, yb[-1])
+        tw = min(self.tile_size, xb[-1])
         found = []
-        jobs = [(iy, ix) for iy in range(len(ys)) for ix in range(len(xs))]
         for j0 in range(0, len(jobs), self.batch_size):
             part = jobs[j0:j0 + self.batch_size]
-            x = np.stack([optical_input(snr[ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw],
-                                        bad[ys[iy]:ys[iy] + th, xs[ix]:xs[ix] + tw])
-                          for iy, ix in part])
+            cuts = [(slice(ys[iy] - oy, ys[iy] - oy + th), slice(xs[ix] - ox, xs[ix] - ox + tw))
+                    for iy, ix in part]
+            x = np.stack([optical_input(snr[c], bad[c]) for c in cuts])
             for (iy, ix), cand in zip(part, self._decode_batch(x)):
                 gx, gy = cand.x + xs[ix], cand.y + ys[iy]
                 # keep what lies where this tile is the most central one
                 core = ((gy >= yb[iy] - 0.5) & (gy < yb[iy + 1] - 0.5)
                         & (gx >= xb[ix] - 0.5) & (gx < xb[ix + 1] - 0.5))
                 found.append(Candidates(gx[core], gy[core], cand.raw_score[core]))
-        cand = Candidates(np.concatenate([c.x for c in found]),
+        return found
+
+    @staticmethod
+    def _merge(found):
+        if not found:
+            return Candidates.empty()
+        return Candidates(np.concatenate([c.x for c in found]),
                           np.concatenate([c.y for c in found]),
                           np.concatenate([c.raw_score for c in found]))
-        return self._table(cand, (ny, nx), bad)
+
+    def _grid(self, shape):
+        ys, yb = self._tiles(shape[0])
+        xs, xb = self._tiles(shape[1])
+        return ys, yb, xs, xb
+
+    def detect_snr(self, snr, bad=None):
+        """Candidates (pixel positions, calibrated scores) from a S/N image ``(ny, nx)``."""
+        snr = np.asarray(snr, np.float32)
+        bad = np.zeros(snr.shape, bool) if bad is None else np.asarray(bad, bool)
+        grid = self._grid(snr.shape)
+        jobs = [(iy, ix) for iy in range(len(grid[0])) for ix in range(len(grid[2]))]
+        return self._table(self._merge(self._run_tiles(snr, bad, grid, jobs)), snr.shape, bad)
+
+    def blocks(self, shape):
+        """The image's blocks: ``(jobs, (y0, y1, x0, x1))`` per block of ``block_tiles``
+        x ``block_tiles`` network tiles, the pixel range those tiles cover."""
+        ys, _, xs, _ = grid = self._grid(shape)
+        th, tw = min(self.tile_size, shape[0]), min(self.tile_size, shape[1])
+        k = self.block_tiles
+        out = []
+        for by in range(0, len(ys), k):
+            for bx in range(0, len(xs), k):
+                iys = range(by, min(by + k, len(ys)))
+                ixs = range(bx, min(bx + k, len(xs)))
+                jobs = [(iy, ix) for iy in iys for ix in ixs]
+                out.append((jobs, (ys[iys[0]], ys[iys[-1]] + th, xs[ixs[0]], xs[ixs[-1]] + tw)))
+        return grid, out
 
     def detect(self, image):
-        from astro_asid.instruments.optical import snr_image
+        """Detect sources in an optical `~astro_asid.SkyImage`.
+
+        The image is processed in blocks of ``block_tiles`` x ``block_tiles``
+        network tiles: each block's S/N image comes from the image's own
+        background/noise maps when it has them, else from
+        `~astro_asid.instruments.optical.estimate_background` on the block plus
+        ``box_size`` pixels around it, so memory is bounded by the block, not
+        the image, and a block is an independent unit of work.
+        """
+        from astro_asid.instruments.optical import estimate_background
 
         if image.n_bands != 1:
             raise ValueError(f"{self.name} works on 2-D optical images; the image has "
                              f"{image.n_bands} bands (pass one filter)")
-        return self.detect_snr(snr_image(image, box_size=self.box_size), image.mask2d)
+        ny, nx = image.shape
+        bad_all = image.mask2d
+        given = image.background is not None and image.noise is not None
+        m = 0 if given else self.box_size
+        grid, blocks = self.blocks((ny, nx))
+        found = []
+        for jobs, (y0, y1, x0, x1) in blocks:
+            a0, a1, b0, b1 = max(y0 - m, 0), min(y1 + m, ny), max(x0 - m, 0), min(x1 + m, nx)
+            sl = (slice(a0, a1), slice(b0, b1))
+            data = np.asarray(image.data[0][sl], np.float32)
+            bad = bad_all[sl] | ~np.isfinite(data)
+            if given:
+                back = np.asarray(image.background, np.float32)[0][sl]
+                noise = np.asarray(image.noise, np.float32)[0][sl]
+            elif bad.all():
+                continue
+            else:
+                back, noise = estimate_background(data, bad, box_size=self.box_size)
+            snr = (data - back) / noise
+            snr[bad | ~np.isfinite(snr)] = 0.0
+            found.extend(self._run_tiles(snr.astype(np.float32, copy=False), bad, grid, jobs,
+                                         origin=(a0, b0)))
+        return self._table(self._merge(found), (ny, nx), bad_all)
 
     def detect_arrays(self, images, masks=None):
         """Detect sources in a stack of 2-D images ``(n, ny, nx)`` (background estimated

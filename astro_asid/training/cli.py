@@ -58,6 +58,14 @@ def add_arguments(parser):
                         help="start from these weights (fine-tuning)")
     parser.add_argument("--export", nargs="+", default=None,
                         help="detector names to write (default: all four)")
+    group = parser.add_argument_group("asid-optical options")
+    group.add_argument("--trail-probability", type=float, default=0.3,
+                       help="chance of a satellite trail in a training field")
+    group.add_argument("--cosmic-ray-density", type=float, nargs=2, default=(1e-4, 1e-3),
+                       metavar=("MIN", "MAX"),
+                       help="cosmic rays per pixel in training fields (log-uniform range)")
+    group.add_argument("--artefact-weight", type=float, default=0.0,
+                       help="extra loss weight on cosmic-ray and trail pixels")
     group = parser.add_argument_group("characterizer options")
     from astro_asid.characterize.train import add_arguments as add_char_arguments
     add_char_arguments(group)
@@ -81,7 +89,11 @@ def run(args):
                                batch_size=args.batch_size or 16, lr=args.lr or 2e-3,
                                base_width=args.base_width, depth=args.depth, seed=args.seed,
                                workers=max(1, args.workers), device=args.device,
-                               threads=args.threads, command=command)
+                               threads=args.threads, command=command,
+                               trail_probability=args.trail_probability,
+                               cosmic_ray_density=args.cosmic_ray_density,
+                               artefact_weight=args.artefact_weight,
+                               init_weights=args.init_weights)
         return 0
     if args.detector == "characterizer":
         from astro_asid.characterize.train import train_characterizer

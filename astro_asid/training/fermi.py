@@ -288,8 +288,9 @@ class PatchPool:
 
 
 def multihead_loss(out, t, w_offset=0.1, w_direction=0.5):
-    """Segmentation BCE + masked smooth-L1 offsets + masked MSE directions."""
-    seg = F.binary_cross_entropy_with_logits(out["seg"], t["seg"])
+    """Segmentation BCE (per-pixel weights ``t["seg_w"]`` when given) + masked smooth-L1
+    offsets + masked MSE directions."""
+    seg = F.binary_cross_entropy_with_logits(out["seg"], t["seg"], weight=t.get("seg_w"))
     loss = seg
     parts = {"seg": seg.detach()}
     if "offset" in out:

@@ -51,35 +51,43 @@ def field_snr(image, box_size=32):
 
 
 def _pool_chunk(args):
-    n, shape, seed, target_snr, keep_fields = args
+    n, shape, seed, target_snr, keep_fields, sim_options = args
     from astro_asid.simulate.optical import OpticalSkySimulator
 
-    sim = OpticalSkySimulator(shape=shape, seed=seed)
-    snr, xy, fields = [], [], []
+    sim = OpticalSkySimulator(shape=shape, seed=seed, **sim_options)
+    snr, xy, art, fields = [], [], [], []
     for _ in range(n):
         f = sim.sample()
         snr.append(field_snr(f.image)[0].astype(np.float16))
+        art.append(f.artefact_mask.astype(np.uint8))
         keep = f.truth["snr"] >= target_snr
         xy.append(np.column_stack([f.truth["x"][keep], f.truth["y"][keep]]).astype(np.float32))
         if keep_fields:
             fields.append(f)
-    return np.stack(snr), xy, fields
+    return np.stack(snr), xy, np.stack(art), fields
 
 
 def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TARGET_SNR,
-                          keep_fields=False):
+                          keep_fields=False, **sim_options):
     """Simulated fields as network-ready S/N images with target positions.
+
+    Parameters
+    ----------
+    **sim_options
+        Passed to `~astro_asid.simulate.optical.OpticalSkySimulator`
+        (e.g. ``trail_probability``, ``cosmic_ray_density``).
 
     Returns
     -------
     dict
         ``snr`` ``(n, ny, nx)`` float16, ``xy`` list of ``(k, 2)`` target
-        positions, and ``fields`` (the `OpticalField` objects) when
-        ``keep_fields``.
+        positions, ``artefact`` ``(n, ny, nx)`` uint8 (1 cosmic ray, 2 trail),
+        and ``fields`` (the `OpticalField` objects) when ``keep_fields``.
     """
     workers = max(1, int(workers))
     per = -(-int(n) // workers)
-    tasks = [(min(per, n - w * per), tuple(shape), seed * 1000 + w, target_snr, keep_fields)
+    tasks = [(min(per, n - w * per), tuple(shape), seed * 1000 + w, target_snr, keep_fields,
+              sim_options)
              for w in range(workers) if n - w * per > 0]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
@@ -87,9 +95,10 @@ def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TAR
     else:
         parts = [_pool_chunk(t) for t in tasks]
     out = {"snr": np.concatenate([p[0] for p in parts]),
-           "xy": [a for p in parts for a in p[1]]}
+           "xy": [a for p in parts for a in p[1]],
+           "artefact": np.concatenate([p[2] for p in parts])}
     if keep_fields:
-        out["fields"] = [f for p in parts for f in p[2]]
+        out["fields"] = [f for p in parts for f in p[3]]
     return out
 
 
@@ -130,18 +139,30 @@ def _targets(xy, shape):
     return seg, off, w
 
 
-def make_batch_fn(pool, mask_prob=0.2):
-    """``make_batch(rng, n)`` for `~astro_asid.training.loop.Trainer`."""
+def make_batch_fn(pool, mask_prob=0.2, artefact_weight=0.0):
+    """``make_batch(rng, n)`` for `~astro_asid.training.loop.Trainer`.
+
+    ``artefact_weight`` > 0 adds a per-pixel segmentation weight
+    ``1 + artefact_weight`` on cosmic-ray and trail pixels (``t["seg_w"]``):
+    they are rare, and a false source on them is what users see first.
+    """
     from astro_asid.detection.optical import optical_input
 
     snr_all, xy_all = pool["snr"], pool["xy"]
+    art_all = pool.get("artefact")
     shape = snr_all.shape[1:]
 
     def make_batch(rng, n):
-        xs, pos = [], []
+        xs, pos, arts = [], [], []
         for i in rng.integers(0, len(snr_all), n):
-            img, xy = _transform(snr_all[i].astype(np.float32), xy_all[i],
-                                 int(rng.integers(4)), bool(rng.integers(2)), shape)
+            planes = snr_all[i].astype(np.float32)
+            if art_all is not None:
+                planes = np.stack([planes, art_all[i].astype(np.float32)])
+            planes, xy = _transform(planes, xy_all[i], int(rng.integers(4)),
+                                    bool(rng.integers(2)), shape)
+            img = planes[0] if art_all is not None else planes
+            if art_all is not None:
+                arts.append(planes[1] > 0)
             bad = np.zeros(img.shape, bool)
             if rng.uniform() < mask_prob:
                 # NaN borders and dead columns as real frames have them
@@ -163,6 +184,9 @@ def make_batch_fn(pool, mask_prob=0.2):
         seg, off, w = zip(*(_targets(p, shape) for p in pos))
         t = {"seg": torch.from_numpy(np.stack(seg)), "offset": torch.from_numpy(np.stack(off)),
              "offset_w": torch.from_numpy(np.stack(w))}
+        if artefact_weight > 0 and arts:
+            sw = 1.0 + float(artefact_weight) * np.stack(arts)[:, np.newaxis]
+            t["seg_w"] = torch.from_numpy(sw.astype(np.float32))
         return torch.from_numpy(np.stack(xs)), t
 
     return make_batch
@@ -220,8 +244,19 @@ def recall_at_precision_counted(score, tp, counted, n_true, precision):
 
 def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, batch_size=16,
                            lr=2e-3, base_width=12, depth=3, shape=(128, 128), seed=1,
-                           workers=1, device="auto", threads=None, command=None, log=print):
-    """Simulate, train, calibrate and write ``out/asid-optical.{safetensors,json}``."""
+                           workers=1, device="auto", threads=None, command=None, log=print,
+                           trail_probability=0.3, cosmic_ray_density=(1e-4, 1e-3),
+                           artefact_weight=0.0, init_weights=None):
+    """Simulate, train, calibrate and write ``out/asid-optical.{safetensors,json}``.
+
+    ``trail_probability`` and ``cosmic_ray_density`` set the artefacts of the
+    *training* fields (more than the simulator's defaults teaches the network
+    to reject them); the validation and calibration fields keep the
+    defaults, so the calibrated score describes ordinary frames.
+    ``artefact_weight`` up-weights the loss on artefact pixels
+    (`make_batch_fn`). ``init_weights`` starts from an existing
+    ``asid-optical`` model (fine-tuning; its architecture is kept).
+    """
     from astro_asid.detection.decoders import ScoreCalibration
     from astro_asid.detection.optical import ASIDOpticalDetector
     from astro_asid.nn.io import save_weights
@@ -233,20 +268,31 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pool = simulate_optical_pool(n_fields, shape, seed=seed, workers=workers)
+    pool = simulate_optical_pool(n_fields, shape, seed=seed, workers=workers,
+                                 trail_probability=float(trail_probability),
+                                 cosmic_ray_density=tuple(cosmic_ray_density))
     val_pool = simulate_optical_pool(64, shape, seed=seed + 500)
     t_sim = time.time() - t0
     log(f"simulated {n_fields} training fields in {t_sim:.0f} s")
     config = {"in_channels": 2, "base_width": int(base_width), "depth": int(depth),
               "heads": {"seg": 1, "offset": 2}}
-    model = build_unet(config)
+    if init_weights is not None:
+        from astro_asid.detection.deep import load_model
+
+        base, old = load_model(init_weights)
+        config = old["config"]
+        model = build_unet(config)  # a copy: the cached network stays untouched
+        model.load_state_dict(base.state_dict())
+        log(f"fine-tuning {init_weights} ({config})")
+    else:
+        model = build_unet(config)
     from astro_asid.training.fermi import multihead_loss
     vb = make_batch_fn(val_pool, mask_prob=0.0)(np.random.default_rng(seed + 1), 64)
     card = {"name": "asid-optical", "architecture": "unet", "instrument": "optical",
             "n_bands": 1, "input": "asinh(snr / 2) + mask flag",
             "targets": {"disk_radius_px": _DISK, "vector_radius_px": _VECTOR,
                         "min_snr": TARGET_SNR}}
-    tr = Trainer(model, make_batch_fn(pool), lambda o, t: multihead_loss(o, t, w_offset=0.1),
+    tr = Trainer(model, make_batch_fn(pool, artefact_weight=artefact_weight), lambda o, t: multihead_loss(o, t, w_offset=0.1),
                  val_data=vb, lr=lr, seed=seed, device=device, out=out / "checkpoints",
                  card=card, log=log)
     t1 = time.time()
@@ -259,6 +305,10 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
         "config": config,
         "training": {"command": command, "n_fields": n_fields, "shape": list(shape),
                      "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+                     "trail_probability": float(trail_probability),
+                     "cosmic_ray_density": list(cosmic_ray_density),
+                     "artefact_weight": float(artefact_weight),
+                     "init_weights": None if init_weights is None else Path(init_weights).name,
                      "device": str(select_device(device)),
                      "seconds_simulation": round(t_sim, 1), "seconds_training": round(t_train, 1),
                      "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
