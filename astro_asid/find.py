@@ -139,7 +139,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     if instrument == "optical":
         # FITS header facts (gain, saturation, zero point), background and noise maps
         from astro_asid.instruments.optical import prepare_optical
-        sky = prepare_optical(image, wcs, mask=mask, hdu=hdu)
+        # background and noise later: block by block when the detector can
+        sky = prepare_optical(image, wcs, mask=mask, hdu=hdu, background=False)
     else:
         sky = as_sky_image(image, wcs, mask=mask, energy_edges=energy_edges,
                            instrument=instrument, hdu=hdu)
@@ -148,7 +149,21 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     det, origin = _resolve_detector(detector, sky.instrument, options, sky)
     if sky.instrument is None and tuple(det.instruments) == ("optical",):
         from astro_asid.instruments.optical import prepare_optical
-        sky = prepare_optical(sky)
+        sky = prepare_optical(sky, background=False)
+    if sky.instrument == "optical":
+        from astro_asid.instruments.optical_blocks import find_in_blocks, supports_blocks
+        if supports_blocks(det):
+            where = f"detector {det.name!r} (from {origin})"
+            try:
+                cands = find_in_blocks(sky, det, characterize, origin_name=where)
+            except (ValueError, TypeError):
+                raise
+            except Exception as exc:
+                raise PluginError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+            return _catalog(cands, sky, det, origin, where)
+        if sky.background is None or sky.noise is None:
+            from astro_asid.instruments.optical import prepare_optical
+            sky = prepare_optical(sky)
     if det.needs_counts:
         sky.check_counts(f"detector {det.name!r}")
     where = f"detector {det.name!r} (from {origin})"
@@ -167,6 +182,11 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
                      sky.shape[0] - 1)
         cands = cands[~sky.mask2d[iy, ix]]
     cands = characterize_candidates(characterize, sky, cands, detector=det.name)
+    return _catalog(cands, sky, det, origin, where)
+
+
+def _catalog(cands, sky, det, origin, where):
+    """The validated catalog of characterised candidates."""
     meta = {
         "detector": det.name,
         "detector_origin": origin,
@@ -177,6 +197,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
     meta.update(characterizer_meta(cands))
+    if "n_blocks" in cands.meta:
+        meta["n_blocks"] = cands.meta["n_blocks"]
     cat = build_catalog(cands, sky, meta=meta)
     try:
         validate_catalog(cat)

@@ -141,44 +141,78 @@ class ASIDOpticalDetector(ASIDUNetDetector):
                 out.append((jobs, (ys[iys[0]], ys[iys[-1]] + th, xs[ixs[0]], xs[ixs[-1]] + tw)))
         return grid, out
 
+    def block_snr(self, image, outer):
+        """S/N, bad-pixel map of the region ``outer = (y0, y1, x0, x1)`` of ``image``.
+
+        From the image's own background/noise maps when it has them, else from
+        `~astro_asid.instruments.optical.estimate_background` on the region
+        (callers add ``box_size`` pixels around the block). Returns
+        ``(snr, bad, background, noise)``, float32 maps of the region; None
+        when every pixel is bad.
+        """
+        from astro_asid.instruments.optical import estimate_background
+
+        a0, a1, b0, b1 = outer
+        sl = (slice(a0, a1), slice(b0, b1))
+        data = np.asarray(image.data[0][sl], np.float32)
+        bad = image.mask2d[sl] | ~np.isfinite(data)
+        if bad.all():
+            return None
+        if image.background is not None and image.noise is not None:
+            back = np.asarray(image.background[0][sl], np.float32)
+            noise = np.asarray(image.noise[0][sl], np.float32)
+        else:
+            back, noise = estimate_background(data, bad, box_size=self.box_size)
+        snr = (data - back) / noise
+        snr[bad | ~np.isfinite(snr)] = 0.0
+        return snr.astype(np.float32, copy=False), bad, back, noise
+
+    def block_margin(self, image):
+        """Pixels added around a block for its background (none when the image has maps)."""
+        return 0 if image.background is not None and image.noise is not None else self.box_size
+
+    def detect_block(self, image, grid, jobs, bounds, maps=None):
+        """Raw candidates (image coordinates) of one block of `blocks`.
+
+        ``maps`` is `block_snr`'s output for the block's ``outer`` region
+        with its origin, ``(maps, (y0, x0))``; computed when not given.
+        """
+        if maps is None:
+            outer = self.outer_bounds(image, bounds)
+            maps = (self.block_snr(image, outer), outer[::2])
+        (got, origin) = maps
+        if got is None:
+            return Candidates.empty()
+        snr, bad = got[:2]
+        return self._merge(self._run_tiles(snr, bad, grid, jobs, origin=origin))
+
+    def outer_bounds(self, image, bounds):
+        """A block's ``bounds`` plus `block_margin`, clipped to the image."""
+        ny, nx = image.shape
+        m = self.block_margin(image)
+        y0, y1, x0, x1 = bounds
+        return max(y0 - m, 0), min(y1 + m, ny), max(x0 - m, 0), min(x1 + m, nx)
+
     def detect(self, image):
         """Detect sources in an optical `~astro_asid.SkyImage`.
 
         The image is processed in blocks of ``block_tiles`` x ``block_tiles``
-        network tiles: each block's S/N image comes from the image's own
-        background/noise maps when it has them, else from
+        network tiles (`blocks`): each block's S/N image comes from the image's
+        own background/noise maps when it has them, else from
         `~astro_asid.instruments.optical.estimate_background` on the block plus
         ``box_size`` pixels around it, so memory is bounded by the block, not
         the image, and a block is an independent unit of work.
         """
-        from astro_asid.instruments.optical import estimate_background
-
         if image.n_bands != 1:
             raise ValueError(f"{self.name} works on 2-D optical images; the image has "
                              f"{image.n_bands} bands (pass one filter)")
-        ny, nx = image.shape
-        bad_all = image.mask2d
-        given = image.background is not None and image.noise is not None
-        m = 0 if given else self.box_size
-        grid, blocks = self.blocks((ny, nx))
-        found = []
-        for jobs, (y0, y1, x0, x1) in blocks:
-            a0, a1, b0, b1 = max(y0 - m, 0), min(y1 + m, ny), max(x0 - m, 0), min(x1 + m, nx)
-            sl = (slice(a0, a1), slice(b0, b1))
-            data = np.asarray(image.data[0][sl], np.float32)
-            bad = bad_all[sl] | ~np.isfinite(data)
-            if given:
-                back = np.asarray(image.background, np.float32)[0][sl]
-                noise = np.asarray(image.noise, np.float32)[0][sl]
-            elif bad.all():
-                continue
-            else:
-                back, noise = estimate_background(data, bad, box_size=self.box_size)
-            snr = (data - back) / noise
-            snr[bad | ~np.isfinite(snr)] = 0.0
-            found.extend(self._run_tiles(snr.astype(np.float32, copy=False), bad, grid, jobs,
-                                         origin=(a0, b0)))
-        return self._table(self._merge(found), (ny, nx), bad_all)
+        grid, blocks = self.blocks(image.shape)
+        found = [self.detect_block(image, grid, jobs, bounds) for jobs, bounds in blocks]
+        return self.finish(self._merge(found), image)
+
+    def finish(self, cand, image):
+        """Calibrated, masked, sorted table of raw candidates (image coordinates)."""
+        return self._table(cand, image.shape, image.mask2d)
 
     def detect_arrays(self, images, masks=None):
         """Detect sources in a stack of 2-D images ``(n, ny, nx)`` (background estimated

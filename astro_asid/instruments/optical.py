@@ -193,7 +193,8 @@ def header_meta(header):
     return meta
 
 
-def prepare_optical(image, wcs=None, mask=None, hdu=None, box_size=64, require_wcs=True):
+def prepare_optical(image, wcs=None, mask=None, hdu=None, box_size=64, require_wcs=True,
+                    background=True):
     """An optical `~astro_asid.SkyImage` with background and noise maps.
 
     Parameters
@@ -206,11 +207,15 @@ def prepare_optical(image, wcs=None, mask=None, hdu=None, box_size=64, require_w
         `estimate_background` box.
     require_wcs : bool
         False allows pixel-only work.
+    background : bool
+        Estimate the background and noise maps (when the image has none).
+        False leaves them to the detector, which can then estimate them block
+        by block (`astro_asid.instruments.optical_blocks`).
 
     Returns
     -------
     `~astro_asid.SkyImage`
-        ``instrument="optical"``, ``background`` and ``noise`` set,
+        ``instrument="optical"``, ``background`` and ``noise`` set (with ``background``),
         ``meta["saturated"]`` (bool map) when the header gives ``SATURATE``.
     """
     import os
@@ -248,7 +253,7 @@ def prepare_optical(image, wcs=None, mask=None, hdu=None, box_size=64, require_w
     if "saturate" in meta:
         meta["saturated"] = np.isfinite(data) & (data >= meta["saturate"])
     back, noise = (sky.background, sky.noise)
-    if back is None or noise is None:
+    if background and (back is None or noise is None):
         back, noise = estimate_background(data, sky.mask2d, box_size=box_size)
         back, noise = back[np.newaxis], noise[np.newaxis]
     return sky.copy(instrument="optical", background=back, noise=noise, meta=meta)
