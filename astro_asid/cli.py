@@ -52,19 +52,34 @@ def _parse_options(pairs):
 
 
 def _cmd_find(args):
-    from tqdm import tqdm
+    from astro_asid.scale.scheduler import check_scheduler, is_serial, open_client
 
-    from astro_asid.catalog import to_regions, write_catalog
-    from astro_asid.find import find_sources
-    from astro_asid.utils.exceptions import WeightsError
-    from astro_asid.visualization import plot_catalog
-
-    options = _parse_options(args.option)
     if len(args.images) > 1 and (args.output or args.regions or args.plot):
         for path in (args.output, args.regions, args.plot):
             if path and "{stem}" not in path:
                 raise SystemExit("asid find: with several images, output names must contain "
                                  "'{stem}' (e.g. -o '{stem}.ecsv')")
+    try:
+        plan = check_scheduler(args.scheduler, args.workers)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise SystemExit(f"asid find: {exc}") from None
+    if is_serial(plan):
+        return _find_files(args, scheduler=None)
+    # one cluster (started here, or the one at --scheduler) for all the files
+    with open_client(plan) as client:
+        return _find_files(args, scheduler=client)
+
+
+def _find_files(args, scheduler=None):
+    from tqdm import tqdm
+
+    from astro_asid.catalog import to_regions, write_catalog
+    from astro_asid.find import find_sources
+    from astro_asid.scale.scheduler import SchedulerError
+    from astro_asid.utils.exceptions import WeightsError
+    from astro_asid.visualization import plot_catalog
+
+    options = _parse_options(args.option)
     status = 0
     for path in tqdm(args.images, disable=len(args.images) < 2 or args.quiet, unit="file"):
         from pathlib import Path
@@ -72,8 +87,10 @@ def _cmd_find(args):
         stem = Path(path).name.split(".")[0]
         try:
             cat = find_sources(path, detector=args.detector, instrument=args.instrument,
-                               hdu=args.hdu, characterize=args.characterize, **options)
-        except (ValueError, TypeError, OSError, WeightsError) as exc:
+                               hdu=args.hdu, characterize=args.characterize,
+                               scheduler=scheduler, progress=args.progress and not args.quiet,
+                               **options)
+        except (ValueError, TypeError, OSError, WeightsError, SchedulerError) as exc:
             print(f"asid find: {path}: {exc}", file=sys.stderr)
             status = 1
             continue
@@ -124,6 +141,15 @@ def build_parser():
     p.add_argument("--option", "-O", action="append", metavar="KEY=VALUE",
                    help="detector option, repeatable (e.g. -O nsigma=4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no table on stdout")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run the blocks of optical images on a local dask cluster of N "
+                        "processes (needs astro-asid[scale])")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="'serial' (default), 'processes' (a local dask cluster, see "
+                        "--workers) or the address of a running dask scheduler "
+                        "(tcp://host:port)")
+    p.add_argument("--progress", action="store_true",
+                   help="show a progress bar over the blocks of each image")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-characterize", dest="characterize", action="store_const", const=False,
                    default=None, help="skip the characterisation (positions, fluxes, classes)")

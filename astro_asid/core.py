@@ -270,6 +270,9 @@ or `SkyImage`
     if isinstance(image, SkyImage):
         return image
     data, in_mask, wcs, unit, meta, edges = _unpack(image, wcs, hdu)
+    if hasattr(data, "__dask_graph__") and hasattr(data, "compute"):
+        # a dask array is computed here; find_sources reads optical ones block by block
+        data = np.asarray(data)
     if energy_edges is None:
         energy_edges = edges
     if isinstance(data, (list, tuple)):

@@ -74,7 +74,8 @@ def _resolve_detector(detector, instrument, options, image=None):
 
 
 def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
-                 energy_edges=None, hdu=None, characterize=None, **options):
+                 energy_edges=None, hdu=None, characterize=None, scheduler=None, workers=None,
+                 progress=False, **options):
     """Find sources in an image and return a catalog.
 
     Parameters
@@ -82,6 +83,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     image : array-like, `~astropy.units.Quantity`, `~numpy.ma.MaskedArray`, \
 `~astropy.nddata.NDData`, str, path, `~astropy.io.fits.HDUList`, HDU, or `~astro_asid.SkyImage`
         A 2-D image or a ``(n_bands, ny, nx)`` cube (e.g. counts in energy bands).
+        A 2-D `dask.array.Array` with ``instrument="optical"`` is read block
+        by block (other paths compute it whole first).
     wcs : `~astropy.wcs.WCS`, optional
         Celestial WCS; taken from the input's header when not given.
     detector : str or `~astro_asid.detection.Detector`, optional
@@ -103,6 +106,18 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         ``meta["characterizer_skipped"]`` says why); ``False`` skips it (faster; those
         columns stay masked unless the detector fills them); ``True``
         requires it; a weights path or an instance uses that model.
+    scheduler : None, str or `distributed.Client`, optional
+        Where the blocks of an optical image run (block-capable detectors
+        such as ``asid-optical``, see :doc:`/scale`): None or ``"serial"``
+        in this process; ``"processes"`` on a local dask cluster of
+        ``workers`` single-threaded processes, started for this call;
+        ``"tcp://host:port"`` or a ``Client``: an existing cluster. The
+        catalog is the same whatever the choice. Needs dask.distributed
+        (``pip install 'astro-asid[scale]'``).
+    workers : int, optional
+        Processes of the local cluster; alone, it implies ``scheduler="processes"``.
+    progress : bool, optional
+        Show a progress bar over the blocks.
     **options
         Passed to the detector's constructor.
 
@@ -117,15 +132,32 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     ------
     ValueError, TypeError
         Bad input (see `~astro_asid.as_sky_image`), unknown detector names,
-        or negative/non-finite values for a detector that needs counts.
+        negative/non-finite values for a detector that needs counts, or a
+        dask ``scheduler`` for an image that is not processed in blocks.
+    ImportError
+        A dask ``scheduler`` without dask.distributed installed.
+    `~astro_asid.scale.SchedulerError`
+        The dask cluster could not be reached or lost a block for good.
     `~astro_asid.utils.exceptions.PluginError`
         The detector returned output that breaks the catalog schema; the
         message names the detector and the package it came from.
     """
+    from astro_asid.scale.scheduler import check_scheduler, is_serial
+
+    plan = check_scheduler(scheduler, workers)
+
+    def serial_only(what):
+        if not is_serial(plan):
+            raise ValueError(f"scheduler={scheduler!r}, workers={workers!r}: only optical "
+                             "images with a block-capable detector (asid-optical) run on "
+                             f"dask; {what} runs in this process (leave scheduler/workers "
+                             "unset)")
+
     if options.get("nside") is not None:
         # a bare (n_bands, npix) HEALPix array: only its nside says what it is
         from astro_asid.instruments.fermi import find_sources_healpix
 
+        serial_only("a HEALPix map")
         return find_sources_healpix(image, detector=detector, mask=mask,
                                     energy_edges=energy_edges, characterize=characterize,
                                     **options)
@@ -133,12 +165,19 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     for name in regs.adapters.names():
         adapter = regs.adapters.get(name)
         if adapter.accepts(image):
+            serial_only(f"an input of the {name!r} adapter")
             return adapter.find_sources(image, wcs=wcs, detector=detector, mask=mask,
                                         instrument=instrument, energy_edges=energy_edges,
                                         characterize=characterize, **options)
+    from astro_asid.scale.lazy import is_dask_array, materialize
+
     if instrument == "optical":
         # FITS header facts (gain, saturation, zero point), background and noise maps
         from astro_asid.instruments.optical import prepare_optical
+        if is_dask_array(image):
+            # read block by block later (computed whole if the detector has no blocks)
+            from astro_asid.scale.lazy import lazy_sky_image
+            image, mask = lazy_sky_image(image, wcs, mask=mask), None
         # background and noise later: block by block when the detector can
         sky = prepare_optical(image, wcs, mask=mask, hdu=hdu, background=False)
     else:
@@ -152,18 +191,23 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         sky = prepare_optical(sky, background=False)
     if sky.instrument == "optical":
         from astro_asid.instruments.optical_blocks import find_in_blocks, supports_blocks
+        from astro_asid.scale.scheduler import SchedulerError
         if supports_blocks(det):
             where = f"detector {det.name!r} (from {origin})"
             try:
-                cands = find_in_blocks(sky, det, characterize, origin_name=where)
-            except (ValueError, TypeError):
+                cands = find_in_blocks(sky, det, characterize, origin_name=where,
+                                       scheduler=scheduler, workers=workers,
+                                       progress=progress)
+            except (ValueError, TypeError, SchedulerError):
                 raise
             except Exception as exc:
                 raise PluginError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
             return _catalog(cands, sky, det, origin, where)
+        sky = materialize(sky)
         if sky.background is None or sky.noise is None:
             from astro_asid.instruments.optical import prepare_optical
             sky = prepare_optical(sky)
+    serial_only(f"detector {det.name!r} (no blocks) or instrument {sky.instrument!r}")
     if det.needs_counts:
         sky.check_counts(f"detector {det.name!r}")
     where = f"detector {det.name!r} (from {origin})"

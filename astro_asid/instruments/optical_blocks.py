@@ -12,17 +12,21 @@ merged catalog needs no de-duplication: the blocks' rows are concatenated.
 Only the input image, its mask and one block's maps are in memory at a time
 (about 6 float32 maps of ``(block + 2 margin)**2`` pixels: ~130 MB for the
 default 8 x 8 tiles of 256 px), whatever the image size.
+
+Each block is one call of `astro_asid.scale.process_block` on the block's
+slices of the image, in this process or, with ``find_sources(...,
+scheduler=...)``, on the workers of a dask cluster (`astro_asid.scale`); both
+give the same catalog, bit for bit.
 """
 
 import numpy as np
 from astropy.table import vstack
 
-from astro_asid.characterize.apply import characterize_candidates, resolve_characterizer
+from astro_asid.characterize.apply import resolve_characterizer
+from astro_asid.scale.block import (BLOCK_THREADS, POSITION_COLUMNS, Block, block_context,
+                                    block_inputs, plan_blocks, process_block)
 
 __all__ = ["supports_blocks", "find_in_blocks", "run_block", "POSITION_COLUMNS"]
-
-#: Candidate columns in pixel coordinates, shifted between block and image.
-POSITION_COLUMNS = ("x_centroid", "y_centroid", "x_detector", "y_detector")
 
 
 def supports_blocks(detector):
@@ -31,22 +35,11 @@ def supports_blocks(detector):
                                               "outer_bounds", "finish"))
 
 
-def _block_image(sky, outer, maps):
-    """The `SkyImage` of a block's outer region, with its background/noise maps."""
-    snr, bad, back, noise = maps
-    a0, a1, b0, b1 = outer
-    sl = (slice(a0, a1), slice(b0, b1))
-    meta = {k: (v[sl] if isinstance(v, np.ndarray) and v.shape == sky.shape else v)
-            for k, v in sky.meta.items()}
-    wcs = sky.wcs[a0:a1, b0:b1] if sky.wcs is not None else None
-    data = np.asarray(sky.data[0][sl], np.float32)
-    return sky.copy(data=data[np.newaxis], mask=bad[np.newaxis], wcs=wcs,
-                    background=back[np.newaxis], noise=noise[np.newaxis], meta=meta)
-
-
 def run_block(sky, detector, grid, jobs, bounds, characterize=None, model=None,
               origin_name=None):
     """Candidates of one block, characterised, in image pixel coordinates.
+
+    `~astro_asid.scale.process_block` on the block's slices of ``sky``.
 
     Parameters
     ----------
@@ -57,7 +50,8 @@ def run_block(sky, detector, grid, jobs, bounds, characterize=None, model=None,
     grid, jobs, bounds
         The tile grid and one block from ``detector.blocks(sky.shape)``.
     characterize, model
-        The ``find_sources`` option and the characteriser it resolved to.
+        The ``find_sources`` option and the characteriser it resolved to
+        (None: no characterisation).
     origin_name : str, optional
         Names the detector in error messages.
 
@@ -66,39 +60,77 @@ def run_block(sky, detector, grid, jobs, bounds, characterize=None, model=None,
     `~astropy.table.QTable` or None
         None when the block has no valid pixels.
     """
-    from astro_asid.catalog import validate_candidates
-
-    outer = detector.outer_bounds(sky, bounds)
-    maps = detector.block_snr(sky, outer)
-    if maps is None:
-        return None
-    cand = detector.detect_block(sky, grid, jobs, bounds, maps=(maps, outer[::2]))
-    tab = detector.finish(cand, sky)
-    tab = validate_candidates(tab, sky.shape, origin=origin_name or detector.name)
-    if model is None:
-        return tab
-    a0, b0 = outer[0], outer[2]
-    for name, off in (("x_centroid", b0), ("y_centroid", a0)):
-        tab[name] = np.asarray(tab[name], float) - off
-    tab = characterize_candidates(characterize, _block_image(sky, outer, maps), tab,
-                                  detector=detector.name, model=model)
-    for name in POSITION_COLUMNS:
-        if name in tab.colnames:
-            tab[name] = np.asarray(tab[name], float) + (b0 if name.startswith("x") else a0)
-    return tab
+    _, blocks = detector.blocks(sky.shape)
+    index = next((i for i, (j, b) in enumerate(blocks) if tuple(b) == tuple(bounds)), -1)
+    block = Block(index, tuple(tuple(j) for j in jobs), tuple(bounds),
+                  tuple(detector.outer_bounds(sky, bounds)),
+                  tuple(tuple(int(v) for v in g) for g in grid), tuple(sky.shape))
+    parts = block_inputs(sky, block)
+    data, mask = parts.pop("data"), parts.pop("mask")
+    return process_block(data, mask, block, detector,
+                         characterize if model is not None else False, model=model,
+                         **parts, **block_context(sky, origin_name))
 
 
-def find_in_blocks(sky, detector, characterize=None, origin_name=None):
+def _block_tasks(sky, blocks, detector, characterize, context, model, threads=None):
+    """The `process_block` arguments of every block, made when asked for."""
+    for block in blocks:
+        parts = block_inputs(sky, block)
+        data, mask = parts.pop("data"), parts.pop("mask")
+        kwargs = dict(parts, threads=threads, **context)
+        if model is not None:
+            kwargs["model"] = model
+        yield (data, mask, block, detector, characterize), kwargs
+
+
+def find_in_blocks(sky, detector, characterize=None, origin_name=None, scheduler=None,
+                   workers=None, progress=False):
     """Detect and characterise ``sky`` block by block; one merged candidate table.
 
-    Returns the validated candidates (sorted by decreasing ``score``), as
-    `~astro_asid.find_sources` builds its catalog from; ``meta`` carries the
-    characteriser's keys and ``meta["n_blocks"]``.
+    Parameters
+    ----------
+    sky : `~astro_asid.SkyImage`
+        A 2-D optical image; its data may be a dask array
+        (`~astro_asid.scale.lazy_sky_image`): only one block's region is
+        computed at a time.
+    detector
+        A block-capable detector (`supports_blocks`).
+    characterize
+        The ``find_sources`` option.
+    origin_name : str, optional
+        Names the detector in error messages.
+    scheduler, workers
+        Where the blocks run (see `~astro_asid.scale.check_scheduler`): in
+        this process by default, else on a dask cluster, where each worker
+        rebuilds the detector from its name and options.
+    progress : bool
+        Show a progress bar over the blocks.
+
+    Returns
+    -------
+    `~astropy.table.QTable`
+        The validated candidates (sorted by decreasing ``score``, stably:
+        ties keep the block order), as `~astro_asid.find_sources` builds its
+        catalog from; ``meta`` carries the characteriser's keys and
+        ``meta["n_blocks"]``. The same table, bit for bit, whatever the scheduler.
     """
+    from astro_asid.scale.scheduler import check_scheduler, is_serial, map_blocks, open_client
+    from astro_asid.scale.spec import DetectorSpec, check_characterizer_spec
+
+    plan = check_scheduler(scheduler, workers)
     model = resolve_characterizer(characterize, sky.instrument)
-    grid, blocks = detector.blocks(sky.shape)
-    parts = [run_block(sky, detector, grid, jobs, bounds, characterize, model, origin_name)
-             for jobs, bounds in blocks]
+    blocks = plan_blocks(sky, detector)
+    context = block_context(sky, origin_name)
+    if is_serial(plan):
+        tasks = _block_tasks(sky, blocks, detector, characterize, context, model)
+        parts = map_blocks(process_block, tasks, progress=progress, total=len(blocks))
+    else:
+        spec = DetectorSpec.from_detector(detector)
+        char = check_characterizer_spec(characterize)
+        with open_client(plan) as client:
+            tasks = _block_tasks(sky, blocks, spec, char, context, None, threads=BLOCK_THREADS)
+            parts = map_blocks(process_block, tasks, client=client, progress=progress,
+                               total=len(blocks))
     parts = [p for p in parts if p is not None]
     if any(len(p) for p in parts):
         parts = [p for p in parts if len(p)]  # empty blocks may lack characteriser columns
