@@ -705,7 +705,9 @@ def test_find_sources_optical_in_blocks_matches_one_block():
     d = np.hypot(np.asarray(blocks["x_centroid"])[:, None] - np.asarray(a["x_centroid"]),
                  np.asarray(blocks["y_centroid"])[:, None] - np.asarray(a["y_centroid"]))
     j = d.argmin(axis=0)
-    assert len(a) >= 5 and np.all(d.min(axis=0) < 0.3)
+    # same sources; the characteriser's refined positions move a little with the
+    # blocks' own (here 224 px) background estimates
+    assert len(a) >= 5 and np.all(d.min(axis=0) < 0.5) and np.median(d.min(axis=0)) < 0.05
     # the blocks' own background/noise maps (224 px regions here) move fluxes a little
     dlog = np.abs(np.log10(np.asarray(blocks["flux"].value)[j] / np.asarray(a["flux"].value)))
     assert np.median(dlog) < 0.02 and np.percentile(dlog, 90) < 0.1

@@ -281,11 +281,15 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
 
         base, old = load_model(init_weights)
         config = old["config"]
+        # the recipe of the starting point, so that the chain stays reproducible
+        init_card = {"sha256": old.get("sha256"),
+                     "command": old.get("training", {}).get("command"),
+                     "init_weights": old.get("training", {}).get("init_weights")}
         model = build_unet(config)  # a copy: the cached network stays untouched
         model.load_state_dict(base.state_dict())
         log(f"fine-tuning {init_weights} ({config})")
     else:
-        model = build_unet(config)
+        model, init_card = build_unet(config), None
     from astro_asid.training.fermi import multihead_loss
     vb = make_batch_fn(val_pool, mask_prob=0.0)(np.random.default_rng(seed + 1), 64)
     card = {"name": "asid-optical", "architecture": "unet", "instrument": "optical",
@@ -309,6 +313,7 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
                      "cosmic_ray_density": list(cosmic_ray_density),
                      "artefact_weight": float(artefact_weight),
                      "init_weights": None if init_weights is None else Path(init_weights).name,
+                     "init_model": init_card,
                      "device": str(select_device(device)),
                      "seconds_simulation": round(t_sim, 1), "seconds_training": round(t_train, 1),
                      "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
