@@ -23,53 +23,16 @@ import numpy as np
 from astropy.table import vstack
 
 from astro_asid.characterize.apply import resolve_characterizer
-from astro_asid.scale.block import (BLOCK_THREADS, POSITION_COLUMNS, Block, block_context,
-                                    block_inputs, plan_blocks, process_block)
+from astro_asid.scale.block import (BLOCK_THREADS, block_context, block_inputs, plan_blocks,
+                                    process_block)
 
-__all__ = ["supports_blocks", "find_in_blocks", "run_block", "POSITION_COLUMNS"]
+__all__ = ["supports_blocks", "find_in_blocks"]
 
 
 def supports_blocks(detector):
     """Whether ``detector`` can run block by block (has ``blocks`` and ``detect_block``)."""
     return all(hasattr(detector, a) for a in ("blocks", "detect_block", "block_snr",
                                               "outer_bounds", "finish"))
-
-
-def run_block(sky, detector, grid, jobs, bounds, characterize=None, model=None,
-              origin_name=None):
-    """Candidates of one block, characterised, in image pixel coordinates.
-
-    `~astro_asid.scale.process_block` on the block's slices of ``sky``.
-
-    Parameters
-    ----------
-    sky : `~astro_asid.SkyImage`
-        The whole image (only the block's region is read).
-    detector
-        A block-capable detector (`supports_blocks`).
-    grid, jobs, bounds
-        The tile grid and one block from ``detector.blocks(sky.shape)``.
-    characterize, model
-        The ``find_sources`` option and the characteriser it resolved to
-        (None: no characterisation).
-    origin_name : str, optional
-        Names the detector in error messages.
-
-    Returns
-    -------
-    `~astropy.table.QTable` or None
-        None when the block has no valid pixels.
-    """
-    _, blocks = detector.blocks(sky.shape)
-    index = next((i for i, (j, b) in enumerate(blocks) if tuple(b) == tuple(bounds)), -1)
-    block = Block(index, tuple(tuple(j) for j in jobs), tuple(bounds),
-                  tuple(detector.outer_bounds(sky, bounds)),
-                  tuple(tuple(int(v) for v in g) for g in grid), tuple(sky.shape))
-    parts = block_inputs(sky, block)
-    data, mask = parts.pop("data"), parts.pop("mask")
-    return process_block(data, mask, block, detector,
-                         characterize if model is not None else False, model=model,
-                         **parts, **block_context(sky, origin_name))
 
 
 def _block_tasks(sky, blocks, detector, characterize, context, model, threads=None):
