@@ -22,6 +22,19 @@ class Conf(_config.ConfigNamespace):
     device = _config.ConfigItem(
         "auto", "Torch device for the deep detectors: 'auto' (CUDA when available), 'cpu' or "
                 "'cuda'.")
+    lazy_fits_pixels = _config.ConfigItem(
+        8192 * 8192, "Optical FITS images with more pixels than this are read section by "
+                     "section, one block at a time, when dask is installed (so a mosaic "
+                     "never needs to fit in memory); 0 reads every file whole.")
+    auto_cluster_pixels = _config.ConfigItem(
+        16384 * 16384, "Optical images with more pixels than this run on a local dask cluster "
+                       "(one single-threaded worker per CPU) when find_sources is given no "
+                       "scheduler or workers, dask.distributed is installed, the machine has "
+                       "at least auto_cluster_min_cpus CPUs and the detector runs on the CPU; "
+                       "0 disables it.")
+    auto_cluster_min_cpus = _config.ConfigItem(
+        4, "Fewest CPUs for the automatic local cluster (on 2 CPUs a 2-worker cluster is "
+           "slower than one process with 2 torch threads: benchmarks/throughput.py).")
 
 
 conf = Conf()

@@ -107,13 +107,15 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         columns stay masked unless the detector fills them); ``True``
         requires it; a weights path or an instance uses that model.
     scheduler : None, str or `distributed.Client`, optional
-        Where the blocks of an optical image run (block-capable detectors
-        such as ``asid-optical``, see :doc:`/scale`): None or ``"serial"``
-        in this process; ``"processes"`` on a local dask cluster of
-        ``workers`` single-threaded processes, started for this call;
-        ``"tcp://host:port"`` or a ``Client``: an existing cluster. The
-        catalog is the same whatever the choice. Needs dask.distributed
-        (``pip install 'astro-asid[scale]'``).
+        Where the blocks of an optical image (block-capable detectors such as
+        ``asid-optical``) or the tiles of an all-sky HEALPix map run (see
+        :doc:`/scale`): ``"serial"`` in this process; ``"processes"`` on a
+        local dask cluster of ``workers`` single-threaded processes, started
+        for this call; ``"tcp://host:port"`` or a ``Client``: an existing
+        cluster. None (default) is serial, except for optical images larger
+        than ``astro_asid.conf.auto_cluster_pixels`` on a machine with enough
+        CPUs, which get a local cluster. The catalog is the same whatever the
+        choice. Needs dask.distributed (``pip install 'astro-asid[scale]'``).
     workers : int, optional
         Processes of the local cluster; alone, it implies ``scheduler="processes"``.
     progress : bool, optional
@@ -157,15 +159,19 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         # a bare (n_bands, npix) HEALPix array: only its nside says what it is
         from astro_asid.instruments.fermi import find_sources_healpix
 
-        serial_only("a HEALPix map")
         return find_sources_healpix(image, detector=detector, mask=mask,
                                     energy_edges=energy_edges, characterize=characterize,
+                                    scheduler=scheduler, workers=workers, progress=progress,
                                     **options)
     regs = get_registry()
     for name in regs.adapters.names():
         adapter = regs.adapters.get(name)
         if adapter.accepts(image):
-            serial_only(f"an input of the {name!r} adapter")
+            if getattr(adapter, "supports_scheduler", False):
+                # the adapter runs its own tiles as tasks (e.g. all-sky HEALPix maps)
+                options.update(scheduler=scheduler, workers=workers, progress=progress)
+            else:
+                serial_only(f"an input of the {name!r} adapter")
             return adapter.find_sources(image, wcs=wcs, detector=detector, mask=mask,
                                         instrument=instrument, energy_edges=energy_edges,
                                         characterize=characterize, **options)
@@ -174,7 +180,11 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     if instrument == "optical":
         # FITS header facts (gain, saturation, zero point), background and noise maps
         from astro_asid.instruments.optical import prepare_optical
-        if is_dask_array(image):
+        from astro_asid.scale.fits_sections import lazy_optical_image, reads_lazily
+        if reads_lazily(image, hdu):
+            # a large FITS file: read section by section in the blocks
+            image, mask, hdu = lazy_optical_image(image, wcs, mask=mask, hdu=hdu), None, None
+        elif is_dask_array(image):
             # read block by block later (computed whole if the detector has no blocks)
             from astro_asid.scale.lazy import lazy_sky_image
             image, mask = lazy_sky_image(image, wcs, mask=mask), None
@@ -241,8 +251,9 @@ def _catalog(cands, sky, det, origin, where):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
     meta.update(characterizer_meta(cands))
-    if "n_blocks" in cands.meta:
-        meta["n_blocks"] = cands.meta["n_blocks"]
+    for key in ("n_blocks", "scheduler"):
+        if key in cands.meta:
+            meta[key] = cands.meta[key]
     cat = build_catalog(cands, sky, meta=meta)
     try:
         validate_catalog(cat)

@@ -49,7 +49,12 @@ Parts (each can be skipped):
 2. Recall versus ``m - m_lim`` (the field's 5-sigma point-source limit), all
    true sources (stars and galaxies) of all crowding levels, at each
    finder's P >= 0.95 cut computed on all levels pooled (and, as a
-   diagnostic, at its pooled P >= 0.95 cut with artefacts ignored).
+   diagnostic, at its pooled P >= 0.95 cut with artefacts ignored). Then
+   precision versus magnitude at the same cuts: every detection gets a
+   measured magnitude from the same aperture photometry for all finders
+   (radius 1.5 FWHM on the image minus its photutils background, the field's
+   zero point), binned in ``m - m_lim``; precision is the fraction of the
+   detections of a bin that match a true source.
 3. Artefacts at those two cuts: the fraction of cosmic rays with a false
    detection within 1.5 px of their centroid, the fraction of satellite
    trails with a false detection on their pixels (``artefact_mask == 2``),
@@ -58,6 +63,13 @@ Parts (each can be skipped):
    detections per field; on the fields of part 1 and on ``--n-trail-fields``
    extra moderate fields that all carry a trail (the part-1 fields have a
    trail in only 30 % of them).
+3b. Harder fields (``--n-hard-fields`` per crowding level, held-out seeds
+   ``[30_000 + seed, condition, level]``): undersampled PSFs (FWHM 1.0-1.8
+   px), a PSF whose FWHM varies by 30 % across the frame (with position-
+   dependent ellipticity), and bleed trails from saturated stars. Each
+   finder at its standard pooled P >= 0.95 cut (precision and recall there:
+   does the cut still hold?), its R@P0.95 re-optimised on these fields, and
+   the fraction of bleed streaks with a false detection.
 4. Timing on one ``--timing-size`` square moderate field (4096 by default):
    each finder runs in a fresh process (``multiprocessing`` spawn context)
    that loads the image and imports astro_asid (and so torch); reported: the
@@ -280,20 +292,38 @@ def _on_artefact(f, x, y):
     return on
 
 
+def aperture_mags(f, x, y):
+    """Magnitudes of detections at ``x, y`` in field ``f``, measured the same way for
+    every finder: the sum of image minus background (`estimate_background`, as
+    the pipeline's) in a circle of radius 1.5 FWHM, with the field's zero point;
+    NaN where that net flux is <= 0."""
+    from photutils.aperture import CircularAperture, aperture_photometry
+
+    if not len(x):
+        return np.zeros(0)
+    if "_net" not in f.meta:  # one background per field, shared by the finders
+        f.meta["_net"] = f.image - estimate_background(f.image)[0]
+    aper = CircularAperture(np.column_stack([x, y]), r=1.5 * float(f.meta["fwhm"]))
+    net = np.asarray(aperture_photometry(f.meta["_net"], aper)["aperture_sum"], float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(net > 0, f.meta["zeropoint"] - 2.5 * np.log10(net), np.nan)
+
+
 def run_on_fields(fields, runners):
     """Run every finder on every field and match to the truth.
 
     Returns ``{finder: {level: dict}}``, the dict holding per detection
     ``score``, ``tp``, ``counted`` (matched a S/N >= 5 source), ``field``,
     ``match``, ``x``, ``y``, ``artefact`` (a false detection on a cosmic-ray or
-    trail pixel or within the match radius of a cosmic ray's centroid), plus
+    trail pixel or within the match radius of a cosmic ray's centroid), ``dm``
+    (measured magnitude minus the field's 5-sigma limit, `aperture_mags`), plus
     ``n_true`` (S/N >= 5 sources) and ``seconds``.
     """
     out = {name: {} for name in runners}
     for level, flist in fields.items():
         for name, runner in runners.items():
             acc = {k: [] for k in ("score", "tp", "counted", "field", "match", "x", "y",
-                                   "artefact")}
+                                   "artefact", "dm")}
             n_true, secs = 0, 0.0
             for i, f in enumerate(flist):
                 t0 = time.perf_counter()
@@ -305,9 +335,10 @@ def run_on_fields(fields, runners):
                 counted = tp & (t["snr"][np.maximum(m, 0)] >= 5.0)
                 n_true += int((t["snr"] >= 5.0).sum())
                 art = ~tp & _on_artefact(f, x, y)
+                dm = aperture_mags(f, x, y) - f.meta["mag_limit_5sigma"]
                 for k, v in (("score", s), ("tp", tp), ("counted", counted),
                              ("field", np.full(len(x), i)), ("match", m), ("x", x), ("y", y),
-                             ("artefact", art)):
+                             ("artefact", art), ("dm", dm)):
                     acc[k].append(np.asarray(v))
             res = {k: np.concatenate(v) for k, v in acc.items()}
             res.update(n_true=n_true, seconds=secs)
@@ -415,6 +446,32 @@ def magnitude_table(results, fields, cuts, which="its pooled P >= 0.95 cut"):
     print("| score cut | | " + " | ".join(_fmt(cuts[n][1], ".3g") for n in names) + " |")
 
 
+def precision_magnitude_table(results, cuts, which="its pooled P >= 0.95 cut"):
+    """Part 2b: precision in bins of the detections' measured ``m - m_lim``."""
+    names = list(results)
+    print("\n## Precision versus measured magnitude relative to the field's 5-sigma limit "
+          f"(all levels, each finder at {which}; aperture photometry, see the docstring)")
+    print("\n| measured m - m_lim | " + " | ".join(f"{n} (n)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    pooled = {n: {k: np.concatenate([r[k] for r in per.values()])
+                  for k in ("score", "tp", "dm")} for n, per in results.items()}
+    bins = list(MAG_BINS) + [(MAG_BINS[-1][1], 3)]
+    for lo, hi in bins:
+        cells = []
+        for n in names:
+            r = pooled[n]
+            sel = (r["score"] >= cuts[n][1]) & (r["dm"] >= lo) & (r["dm"] < hi)
+            cells.append(f"{_fmt(r['tp'][sel].mean() if sel.any() else np.nan)} "
+                         f"({int(sel.sum())})")
+        print(f"| {lo:+d}..{hi:+d} | " + " | ".join(cells) + " |")
+    cells = []
+    for n in names:
+        r = pooled[n]
+        sel = (r["score"] >= cuts[n][1]) & ~np.isfinite(r["dm"])
+        cells.append(f"{_fmt(r['tp'][sel].mean() if sel.any() else np.nan)} ({int(sel.sum())})")
+    print("| no positive flux | " + " | ".join(cells) + " |")
+
+
 def _trail_segments(f, x, y):
     """Length (px) of the field's trail inside the image, its number of one-FWHM
     segments, and which segments hold one of the detections ``x, y``."""
@@ -489,6 +546,73 @@ def artefact_table(results, fields, cut_sets, title="all levels"):
                   f"{_fmt(tr_false / n_tr if n_tr else np.nan, '.2f')} | "
                   f"{_fmt(100 * tr_false / length if length else np.nan, '.2f')} | "
                   f"{_fmt(seg_hit / n_seg if n_seg else np.nan)} | {n_false / n_f:.2f} |")
+
+
+#: The harder fields of part 3b: {condition: simulator options}.
+HARD_CONDITIONS = {
+    "undersampled (FWHM 1.0-1.8 px)": {"fwhm_range": (1.0, 1.8)},
+    "PSF varying 30 % across the frame": {"psf_variation": 0.3},
+    "bleed trails": {"bleed": True},
+}
+
+
+def simulate_hard_fields(n_fields, size, seed):
+    """``{condition: {level: [OpticalField, ...]}}`` of `HARD_CONDITIONS`, held out."""
+    out = {}
+    for j, (name, kw) in enumerate(HARD_CONDITIONS.items()):
+        out[name] = {}
+        for i, level in enumerate(CROWDING):
+            sim = OpticalSkySimulator(shape=(size, size), crowding=level,
+                                      seed=np.random.default_rng([30_000 + seed, j, i]), **kw)
+            out[name][level] = sim.sample_fields(n_fields)
+    return out
+
+
+def _bleed_hits(f, x, y, radius=1.5):
+    """Which of the field's bleed streaks have one of the detections ``x, y`` within
+    ``radius`` px of their column and rows."""
+    b = f.bleeds
+    hit = np.zeros(len(b["x"]), bool)
+    for k in range(len(b["x"])):
+        near = (np.abs(x - b["x"][k]) <= radius) & (y >= b["y0"][k] - radius) \
+            & (y <= b["y1"][k] + radius)
+        hit[k] = near.any()
+    return hit
+
+
+def hard_fields_table(runners, cuts, n_fields, size, seed):
+    """Part 3b: the finders on fields the main benchmark does not have, at the score
+    cuts of the standard fields (does the calibrated cut still hold?) and at their
+    own P >= 0.95 cut."""
+    hard = simulate_hard_fields(n_fields, size, seed)
+    print(f"\n## Harder fields ({n_fields} fields per crowding level and condition, "
+          f"{size}x{size}; all levels pooled)")
+    print("\nAt the pooled P >= 0.95 cut of the standard fields (part 2), and re-optimised "
+          "on these fields (R@P0.95). Bleeds: streaks (one per column and run) with a "
+          "false detection within 1.5 px, at the standard cut.")
+    print("\n| condition | finder | precision at the standard cut | recall at the standard cut "
+          "| R@P0.95 (own cut) | bleed streaks with a false detection |")
+    print("|---|---|---|---|---|---|")
+    for cond, fields in hard.items():
+        results = run_on_fields(fields, runners)
+        for n in runners:
+            r = _pooled(results[n])
+            keep = r["score"] >= cuts[n][1]
+            prec = r["tp"][keep].mean() if keep.any() else np.nan
+            rec = (r["counted"] & keep).sum() / max(r["n_true"], 1)
+            own = operating_point(r, 0.95)[0]
+            bl = ""
+            n_streak = sum(len(f.bleeds["x"]) for lv in CROWDING for f in fields[lv])
+            if n_streak:
+                hit = 0
+                for lv in CROWDING:
+                    rr = results[n][lv]
+                    fp = ~rr["tp"] & (rr["score"] >= cuts[n][1])
+                    for i, f in enumerate(fields[lv]):
+                        sel = fp & (rr["field"] == i)
+                        hit += int(_bleed_hits(f, rr["x"][sel], rr["y"][sel]).sum())
+                bl = f"{hit / n_streak:.3f} of {n_streak}"
+            print(f"| {cond} | {n} | {_fmt(prec)} | {_fmt(rec)} | {_fmt(own)} | {bl} |")
 
 
 def simulate_trail_fields(n_fields, size, seed):
@@ -666,6 +790,9 @@ def main(argv=None):
     parser.add_argument("--skip-artefacts", action="store_true", help="skip part 3")
     parser.add_argument("--skip-timing", action="store_true", help="skip part 4")
     parser.add_argument("--skip-real", action="store_true", help="skip part 5")
+    parser.add_argument("--skip-hard", action="store_true", help="skip part 3b")
+    parser.add_argument("--n-hard-fields", type=int, default=6,
+                        help="fields per crowding level and condition in part 3b")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -675,7 +802,8 @@ def main(argv=None):
     print(f"# finders: {', '.join(args.finders)}; asid-optical weights: "
           f"{args.weights or 'shipped'}", file=sys.stderr)
 
-    need_sim = not (args.skip_recall and args.skip_magnitude and args.skip_artefacts) \
+    need_sim = not (args.skip_recall and args.skip_magnitude and args.skip_artefacts
+                    and args.skip_hard) \
         or (not args.skip_real and (args.real_min_score is None or args.real_min_snr is None))
     ops = ops_clean = fields = check = None
     if need_sim:
@@ -692,6 +820,7 @@ def main(argv=None):
                         "P>=0.95 artefacts ignored": pooled_cuts(results, drop_artefacts=True)}
             if not args.skip_magnitude:
                 magnitude_table(results, fields, cut_sets["P>=0.95"])
+                precision_magnitude_table(results, cut_sets["P>=0.95"])
                 magnitude_table(results, fields, cut_sets["P>=0.95 artefacts ignored"],
                                 "its pooled P >= 0.95 cut with artefacts ignored (diagnostic)")
             if not args.skip_artefacts:
@@ -700,6 +829,9 @@ def main(argv=None):
                     tf = simulate_trail_fields(args.n_trail_fields, args.size, args.seed)
                     artefact_table(run_on_fields(tf, runners), tf, cut_sets,
                                    title="extra moderate fields, each with a trail")
+        if not args.skip_hard:
+            hard_fields_table(runners, pooled_cuts(results), args.n_hard_fields, args.size,
+                              args.seed)
         if not args.skip_real:
             check = fwhm_check(fields)
 

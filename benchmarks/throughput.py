@@ -74,6 +74,10 @@ Parts (each can be skipped):
    spurious sources). ``find_sources(mosaic, wcs, instrument="optical",
    detector="asid-optical", characterize=False)`` in a fresh process, serial
    (or ``--mosaic-workers N``): wall time, peak RSS (target < 3 GB), sources.
+   With ``--mosaic-source fits`` (default: both) the same pixels are first
+   written to a float32 FITS file (chunk by chunk, not timed) and
+   ``find_sources(path, instrument="optical", ...)`` reads it section by
+   section (`astro_asid.scale.fits_sections`).
 4. Full sky: ``benchmarks/fermi_allsky.py``'s simulation (nside
    ``--allsky-nside``, default 256, 5 bands, ``FermiSkySimulator.sample_allsky``
    with seed ``--allsky-seed``; cached in ``--workdir``), then in a fresh
@@ -82,6 +86,10 @@ Parts (each can be skipped):
    characterisation; the 768 tiles of the data challenge, or ``--allsky-tiles
    a:b``): wall time (model load included; the import of astro_asid and the
    plugins excluded), the pipeline's own breakdown, peak RSS.
+5. Tuning (``--tune-size``, default 2048): ``asid-optical`` serially with
+   every torch thread count of ``--tune-threads`` and batch size of
+   ``--tune-batch``, each a fresh process: the measurements behind the
+   defaults.
 
 Usage::
 
@@ -254,6 +262,7 @@ def _finder_child(name, npy, fwhm, opts):
             kw["scheduler"] = client
         elif opts.get("workers"):
             kw["workers"] = opts["workers"]
+        kw.update(opts.get("options") or {})
         try:
             reset = _reset_peak()
             rss0 = _rss_mib()
@@ -315,6 +324,27 @@ def build_mosaic(base, size, seed, chunk=1024):
     return da.block(rows)[:size, :size]
 
 
+def write_fits_mosaic(mosaic, wcs, path):
+    """Write a 2-D dask array to a float32 FITS file chunk by chunk (never whole in
+    memory); returns ``path``."""
+    import dask.array as da
+    from astropy.io import fits
+
+    hdr = fits.PrimaryHDU(np.zeros((1, 1), np.float32)).header
+    hdr["NAXIS1"], hdr["NAXIS2"] = mosaic.shape[1], mosaic.shape[0]
+    hdr.update(wcs.to_header())
+    head = hdr.tostring().encode("ascii")
+    nbytes = mosaic.size * 4
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(len(head) + nbytes + (-nbytes) % 2880)  # zero padding to 2880 bytes
+    out = np.memmap(path, dtype=">f4", mode="r+", offset=len(head), shape=mosaic.shape)
+    da.store(mosaic.astype(">f4"), out, lock=True)
+    out.flush()
+    del out
+    return path
+
+
 def _mosaic_child(npy, size, seed, opts):
     """find_sources on a lazily built dask mosaic, in this (fresh) process."""
     threads, cuda = _setup_torch(opts.get("threads"), opts.get("device", "cpu"))
@@ -330,12 +360,21 @@ def _mosaic_child(npy, size, seed, opts):
     n_tasks = len(mosaic.__dask_graph__())
     del base  # the graph holds its own reference
     kw = {"workers": opts["workers"]} if opts.get("workers") else {}
+    image, wcs = mosaic, optical_wcs((size, size))
+    if opts.get("source") == "fits":
+        # the same mosaic written to a FITS file (outside the clock), then read by
+        # find_sources section by section (astro_asid.scale.fits_sections)
+        image = write_fits_mosaic(mosaic, wcs, opts["fits_path"])
+        n_tasks = None
+        wcs = None
     reset = _reset_peak()
     rss0 = _rss_mib()
     _gpu_reset(cuda)
     t0 = time.perf_counter()
-    cat = _asid_call(mosaic, optical_wcs((size, size)), device, False, **kw)
+    cat = _asid_call(image, wcs, device, False, **kw)
     wall = time.perf_counter() - t0
+    if opts.get("source") == "fits":
+        os.remove(image)
     return {"n": len(cat), "wall": wall, "load": t_load, "rss0": rss0, "peak": _peak_mib(reset),
             "reset": reset, "threads": threads, "cuda": cuda, "gpu_peak": _gpu_peak(cuda),
             "n_blocks": cat.meta.get("n_blocks"), "n_tasks": n_tasks}
@@ -522,27 +561,58 @@ def distributed_table(size, path, fields, opts, workers, characterize, tmp, head
     return rows
 
 
-def mosaic_table(size, tile, npy, seed, opts, workers, header):
-    """Part 3: a lazily built dask-array mosaic."""
-    o = dict(opts, workers=workers)
-    r = run_fresh(_mosaic_child, npy, size, seed, o)
-    print(f"\n## Part 3: a {size}x{size} lazy dask-array mosaic ({header})")
+def mosaic_table(size, tile, npy, seed, opts, workers, header, sources, tmp):
+    """Part 3: a lazily built dask-array mosaic, and the same mosaic as a FITS file."""
+    rows = {}
+    for src in sources:
+        o = dict(opts, workers=workers, source=src,
+                 fits_path=os.path.join(tmp, "mosaic.fits"))
+        rows[src] = run_fresh(_mosaic_child, npy, size, seed, o)
+    print(f"\n## Part 3: a {size}x{size} mosaic ({header})")
     print(f"\nCopies of a {tile}x{tile} simulated moderate field, randomly flipped and "
-          "shifted, float32, chunks <= 1024 px; asid-optical, characterize=False, "
-          + (f"workers={workers}" if workers else "serial") + ", a fresh process.")
-    if "error" in r:
-        print(f"\nfailed: {r['error']}")
-        return r
-    gh, gs = _gpu_head(r.get("cuda"))
-    print("\n| pixels | blocks | dask tasks | detections | wall (s) | Mpix/s | RSS before (MiB) "
-          "| peak RSS (MiB) | growth (MiB)" + gh + " peak < 3 GB |")
-    print("|---|---|---|---|---|---|---|---|---|" + gs + "---|")
-    print(f"| {size * size / 1e6:.1f} M | {r['n_blocks']} | {r['n_tasks']} | {r['n']} | "
-          f"{r['wall']:.1f} | {size * size / 1e6 / r['wall']:.2f} | {_row_mem(r)} | "
-          f"{'yes' if r['peak'] < 3 * 1024 else 'NO'} |")
+          "shifted, float32; asid-optical, characterize=False, "
+          + (f"workers={workers}" if workers else "serial") + ", each a fresh process. "
+          "dask: a lazy dask array (chunks <= 1024 px); fits: the same pixels written to a "
+          f"{size * size * 4 / 2 ** 30:.1f} GiB FITS file first (not timed), then "
+          "find_sources(path, instrument='optical'), which reads it section by section.")
+    cuda = any(r.get("cuda") for r in rows.values())
+    gh, gs = _gpu_head(cuda)
+    print("\n| input | pixels | blocks | dask tasks | detections | wall (s) | Mpix/s | "
+          "RSS before (MiB) | peak RSS (MiB) | growth (MiB)" + gh + " peak < 3 GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + gs + "---|")
+    for src, r in rows.items():
+        if "error" in r:
+            print(f"| {src} | failed: {r['error']} |")
+            continue
+        print(f"| {src} | {size * size / 1e6:.1f} M | {r['n_blocks']} | "
+              f"{_fmt(r['n_tasks'], 'd') if r['n_tasks'] is not None else 'n/a'} | {r['n']} | "
+              f"{r['wall']:.1f} | {size * size / 1e6 / r['wall']:.2f} | {_row_mem(r)} | "
+              f"{'yes' if r['peak'] < 3 * 1024 else 'NO'} |")
     if workers:
         print(f"\nPeak RSS is the calling process's; the {workers} workers' is not measured.")
-    return r
+    return rows
+
+
+def tuning_table(size, path, threads, batches, opts, header):
+    """Part 5: torch threads x batch size of asid-optical, serial, one field."""
+    rows = {}
+    for t in threads:
+        for b in batches:
+            o = dict(opts, threads=t, characterize=False, options={"batch_size": b})
+            rows[t, b] = run_fresh(_finder_child, "asid-optical", path, 0.0, o)
+    print(f"\n## Part 5: torch threads and batch size, one {size}x{size} field ({header})")
+    print("\nasid-optical, characterize=False, serial; each row a fresh process. The "
+          "defaults (torch's own thread count, batch_size=8) are chosen from this table.")
+    print("\n| torch threads | batch size (tiles) | wall (s) | Mpix/s | peak RSS (MiB) | "
+          "growth (MiB) |")
+    print("|---|---|---|---|---|---|")
+    for (t, b), r in rows.items():
+        if "error" in r:
+            print(f"| {t} | {b} | failed: {r['error']} |")
+            continue
+        print(f"| {r['threads']} | {b} | {r['wall']:.2f} | {size * size / 1e6 / r['wall']:.2f} "
+              f"| {r['peak']:.0f} | {r['peak'] - r['rss0']:.0f} |")
+    return rows
 
 
 def allsky_table(nside, seed, workdir, tiles, opts, header):
@@ -607,6 +677,14 @@ def main(argv=None):
                              "the simulated size)")
     parser.add_argument("--mosaic-workers", type=int,
                         help="run the mosaic on a local cluster of this many workers")
+    parser.add_argument("--mosaic-source", nargs="+", choices=("dask", "fits"),
+                        default=["dask", "fits"], help="mosaic inputs of part 3")
+    parser.add_argument("--tune-size", type=int, default=2048,
+                        help="side of the field of part 5 (px)")
+    parser.add_argument("--tune-threads", type=int, nargs="+", default=[1, 2],
+                        help="torch threads tried in part 5")
+    parser.add_argument("--tune-batch", type=int, nargs="+", default=[2, 4, 8, 16, 32],
+                        help="asid-optical batch sizes (tiles per forward pass) of part 5")
     parser.add_argument("--allsky-nside", type=int, default=256)
     parser.add_argument("--allsky-seed", type=int, default=1)
     parser.add_argument("--allsky-tiles", default="",
@@ -617,6 +695,7 @@ def main(argv=None):
     parser.add_argument("--skip-distributed", action="store_true", help="skip part 2")
     parser.add_argument("--skip-mosaic", action="store_true", help="skip part 3")
     parser.add_argument("--skip-allsky", action="store_true", help="skip part 4")
+    parser.add_argument("--skip-tuning", action="store_true", help="skip part 5")
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
@@ -634,6 +713,8 @@ def main(argv=None):
     tile = min(args.mosaic_tile, optical_max or args.mosaic_tile, args.mosaic_size)
     if not args.skip_mosaic:
         need.append(tile)
+    if not args.skip_tuning:
+        need.append(args.tune_size)
 
     with tempfile.TemporaryDirectory() as tmp:
         paths, fields = {}, {"n_true": {}}
@@ -655,7 +736,10 @@ def main(argv=None):
                               args.dist_characterize, tmp, header)
         if not args.skip_mosaic:
             mosaic_table(args.mosaic_size, tile, paths[tile], args.seed, opts,
-                         args.mosaic_workers, header)
+                         args.mosaic_workers, header, args.mosaic_source, tmp)
+        if not args.skip_tuning:
+            tuning_table(args.tune_size, paths[args.tune_size], args.tune_threads,
+                         args.tune_batch, opts, header)
     if args.skip_allsky:
         print("\n## Part 4: full-sky Fermi-LAT map skipped (--skip-allsky)")
     else:

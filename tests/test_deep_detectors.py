@@ -290,3 +290,22 @@ def test_shipped_ctao_detector_finds_bright_sources():
     rng = np.random.default_rng(2)
     flat = rng.poisson(b.background[:1]).astype(np.float32)
     assert np.sum(det.detect_arrays(flat)[0]["score"] > 0.5) <= 2
+
+
+def test_device_option_and_config(tiny_weights, toy_batch):
+    """device=None follows astro_asid.conf.device; bad names and unusable CUDA are errors."""
+    from astro_asid import conf
+    from astro_asid.detection.deep import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        ASIDUNetDetector(weights=tiny_weights, device="gpu")
+    with conf.set_temp("device", "tpu"), pytest.raises(ValueError, match="conf.device"):
+        resolve_device(None)
+    with conf.set_temp("device", "cpu"):
+        det = ASIDUNetDetector(weights=tiny_weights)
+        assert det.device is None and resolve_device(det.device) == "cpu"
+    if not torch.cuda.is_available():
+        with conf.set_temp("device", "cuda"), pytest.raises(RuntimeError, match="CUDA"):
+            ASIDUNetDetector(weights=tiny_weights).card

@@ -116,6 +116,57 @@ def test_dask_array_input_is_read_block_by_block(client, field):
     assert_same_catalog(remote, ref)
 
 
+@pytest.fixture(scope="module")
+def big_fits(field, hdu, tmp_path_factory):
+    """The field as a tile-compressed FITS file with SATURATE and a bad-pixel extension."""
+    path = tmp_path_factory.mktemp("lazy") / "field.fits"
+    header = hdu.header.copy()
+    header["SATURATE"] = float(np.percentile(field.image, 99.9))
+    bpm = np.zeros(field.image.shape, np.uint8)
+    bpm[100:140, 30:60] = 1
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(field.image, header),
+                  fits.ImageHDU(bpm, name="BPM")]).writeto(path)
+    return path
+
+
+def test_large_fits_read_section_by_section(client, big_fits, monkeypatch):
+    import dask
+    import dask.callbacks
+
+    from astro_asid import conf
+    from astro_asid.scale.fits_sections import FitsSection, lazy_fits, reads_lazily
+
+    with conf.set_temp("lazy_fits_pixels", 0):
+        assert not reads_lazily(big_fits)
+        ref = find_sources(big_fits, **OPTS)  # read whole
+    data, header, mask = lazy_fits(big_fits, chunks=100)
+    assert data.dtype == np.float32 and mask.dtype == bool and "SATURATE" in header
+    assert mask[120, 40].compute() and not mask[10, 10].compute()
+    with fits.open(big_fits) as h:
+        np.testing.assert_array_equal(data[5:105, 7:207].compute(), h[1].data[5:105, 7:207])
+    # the graph holds the file's path, never its pixels
+    import pickle
+    assert len(pickle.dumps(FitsSection(big_fits, 1, (256, 256)))) < 500
+    biggest = []
+
+    class Sizes(dask.callbacks.Callback):
+        def _posttask(self, key, result, dsk, state, id):
+            biggest.append(getattr(result, "size", 0))
+
+    monkeypatch.setattr("astro_asid.scale.fits_sections.LAZY_CHUNK", 64)
+    with conf.set_temp("lazy_fits_pixels", 100 * 100):
+        assert reads_lazily(big_fits)
+        with Sizes():
+            lazy = find_sources(big_fits, **OPTS)
+        remote = find_sources(big_fits, scheduler=client, **OPTS)
+    assert 0 < max(biggest) < 256 * 256
+    assert_same_catalog(lazy, ref)
+    assert_same_catalog(remote, ref)
+    # the bad-pixel extension is honoured on the lazy path
+    x, y = _values(lazy, "x_centroid"), _values(lazy, "y_centroid")
+    assert not np.any((x > 31) & (x < 58) & (y > 101) & (y < 138))
+
+
 def test_cli_uses_a_running_scheduler(client, hdu, serial_cat, tmp_path):
     from astro_asid.catalog import read_catalog
     from astro_asid.cli import main
@@ -186,3 +237,27 @@ def test_package_imports_without_dask():
             "import astro_asid, astro_asid.scale, astro_asid.find, astro_asid.cli\n"
             "assert not [m for m in sys.modules if m.startswith(('dask.', 'distributed.'))]\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_large_images_start_a_local_cluster(monkeypatch, field):
+    """conf.auto_cluster_pixels: a local cluster by default for large inputs on a
+    machine with enough CPUs; serial otherwise, or when told so."""
+    pytest.importorskip("distributed")
+    from astro_asid import conf
+    from astro_asid.scale import scheduler
+
+    data, wcs = field.image[:128, :128], optical_wcs((128, 128))
+    monkeypatch.setattr(scheduler, "usable_cpus", lambda: 2)
+    with conf.set_temp("auto_cluster_pixels", 100), conf.set_temp("auto_cluster_min_cpus", 2):
+        assert scheduler.auto_workers(128 * 128) == 2
+        assert scheduler.auto_workers(99) is None
+        assert scheduler.auto_workers(128 * 128, device="cuda") is None
+        cat = find_sources(data, wcs, **OPTS)
+        assert cat.meta["scheduler"] == "local dask cluster (2 workers)"
+        ref = find_sources(data, wcs, scheduler="serial", **OPTS)
+        assert ref.meta["scheduler"] == "serial"
+        assert_same_catalog(cat, ref)
+    with conf.set_temp("auto_cluster_pixels", 100):  # 2 CPUs < the default minimum of 4
+        assert scheduler.auto_workers(128 * 128) is None
+    with conf.set_temp("auto_cluster_pixels", 0):
+        assert scheduler.auto_workers(10 ** 12) is None

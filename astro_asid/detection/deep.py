@@ -54,7 +54,7 @@ from astro_asid.nn.normalize import model_input
 from astro_asid.nn.unet import build_unet, inference_copy
 from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
 
-__all__ = ["DeepDetector", "ASIDUNetDetector", "UNEKDetector", "CentroidNetDetector",
+__all__ = ["DeepDetector", "resolve_device", "ASIDUNetDetector", "UNEKDetector", "CentroidNetDetector",
            "CeDiRNetDetector", "ASIDCTAODetector", "DEEP_DETECTORS", "OTHER_DEEP_DETECTORS",
            "load_model", "clear_model_cache"]
 
@@ -66,6 +66,45 @@ def clear_model_cache():
     """Forget every cached network (they are reloaded on next use)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+def resolve_device(device=None, check=False):
+    """The torch device name for a detector's ``device`` option.
+
+    Parameters
+    ----------
+    device : str or None
+        ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``; None reads
+        ``astro_asid.conf.device``.
+    check : bool
+        Raise when CUDA is asked for and torch cannot use it.
+
+    Returns
+    -------
+    str
+        ``"cpu"`` or a CUDA device name; ``"auto"`` is CUDA when
+        ``torch.cuda.is_available()``.
+
+    Raises
+    ------
+    ValueError
+        An unknown device name.
+    RuntimeError
+        ``check`` and CUDA requested but not available.
+    """
+    from astro_asid.config import conf
+
+    name = conf.device if device is None else device
+    if not isinstance(name, str) or not (name in ("cpu", "cuda", "auto")
+                                         or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', not {name!r}"
+                         + (" (from astro_asid.conf.device)" if device is None else ""))
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if check and name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={name!r} but torch cannot use CUDA on this machine "
+                           f"(torch {torch.__version__}); use device='cpu' or 'auto'")
+    return name
 
 
 def load_model(path, device="cpu"):
@@ -129,8 +168,9 @@ class DeepDetector(Detector):
         default: the model shipped with astro_asid for this detector.
     min_score : float
         Candidates with a lower calibrated score are dropped.
-    device : str
-        ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    device : str, optional
+        ``"cpu"``, ``"cuda"`` (or ``"cuda:N"``) or ``"auto"`` (CUDA when
+        available); default ``astro_asid.conf.device`` (``"auto"``).
     tile_size, overlap : int
         Tiling of images larger than ``tile_size`` (pixels).
     batch_size : int
@@ -144,7 +184,7 @@ class DeepDetector(Detector):
     needs_counts = True
     model_name = None
 
-    def __init__(self, weights=None, min_score=0.1, device="cpu", tile_size=64, overlap=16,
+    def __init__(self, weights=None, min_score=0.1, device=None, tile_size=64, overlap=16,
                  batch_size=64, tta=1):
         if not 0.0 <= float(min_score) <= 1.0:
             raise ValueError(f"min_score must be within 0..1, got {min_score}")
@@ -153,6 +193,7 @@ class DeepDetector(Detector):
                              f"{tile_size}, {overlap}")
         self.weights = weights
         self.min_score = float(min_score)
+        resolve_device(device)  # fail early on unknown names
         self.device = device
         self.tile_size = int(tile_size)
         self.overlap = int(overlap)
@@ -168,10 +209,7 @@ class DeepDetector(Detector):
         return shipped_model_path(self.model_name or self.name)
 
     def _model(self):
-        dev = "cuda" if self.device == "auto" and torch.cuda.is_available() else self.device
-        if dev == "auto":
-            dev = "cpu"
-        return load_model(self._weights_path(), dev)
+        return load_model(self._weights_path(), resolve_device(self.device, check=True))
 
     @property
     def card(self):
@@ -392,7 +430,7 @@ class ASIDUNetDetector(DeepDetector):
     description = "U-Net segmentation + Laplacian-of-Gaussian peaks (ASID-L)"
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
-                 peak_threshold=0.02, score="log", refine="offset", device="cpu", tile_size=64,
+                 peak_threshold=0.02, score="log", refine="offset", device=None, tile_size=64,
                  overlap=16,
                  batch_size=64, tta=1):
         super().__init__(weights=weights, min_score=min_score, device=device,
@@ -436,7 +474,7 @@ class UNEKDetector(DeepDetector):
     description = "U-Net segmentation + penalised k-means clustering (UNEK)"
 
     def __init__(self, weights=None, min_score=0.1, label_threshold=0.2, penalty=-10.0,
-                 radius=5.0, k_max=50, patience=5, device="cpu", tile_size=64, overlap=16,
+                 radius=5.0, k_max=50, patience=5, device=None, tile_size=64, overlap=16,
                  batch_size=64, tta=1):
         super().__init__(weights=weights, min_score=min_score, device=device,
                          tile_size=tile_size, overlap=overlap, batch_size=batch_size,
@@ -470,7 +508,7 @@ class CentroidNetDetector(DeepDetector):
     description = "U-Net offset vectors + majority voting (Centroid-Net)"
 
     def __init__(self, weights=None, min_score=0.1, seg_threshold=0.1, min_votes=0.5,
-                 device="cpu", tile_size=64, overlap=16, batch_size=64,
+                 device=None, tile_size=64, overlap=16, batch_size=64,
                  tta=1):
         super().__init__(weights=weights, min_score=min_score, device=device,
                          tile_size=tile_size, overlap=overlap, batch_size=batch_size,
@@ -501,7 +539,7 @@ class CeDiRNetDetector(DeepDetector):
     name = "cedirnet"
     description = "U-Net centre-direction regression + convergence localisation (CeDiRNet)"
 
-    def __init__(self, weights=None, min_score=0.1, radius=3.0, threshold=0.05, device="cpu",
+    def __init__(self, weights=None, min_score=0.1, radius=3.0, threshold=0.05, device=None,
                  tile_size=64, overlap=16, batch_size=64,
                  tta=1):
         super().__init__(weights=weights, min_score=min_score, device=device,
@@ -532,7 +570,7 @@ class ASIDCTAODetector(ASIDUNetDetector):
     instruments = ("ctao",)
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
-                 peak_threshold=0.02, score="log", refine="offset", device="cpu", tile_size=128,
+                 peak_threshold=0.02, score="log", refine="offset", device=None, tile_size=128,
                  overlap=32, batch_size=32, tta=1):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,

@@ -68,7 +68,7 @@ class ASIDOpticalDetector(ASIDUNetDetector):
     needs_counts = False
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=1.5 / np.sqrt(2.0),
-                 peak_threshold=0.02, score="log", refine="offset", box_size=64, device="cpu",
+                 peak_threshold=0.02, score="log", refine="offset", box_size=64, device=None,
                  tile_size=256, overlap=32, batch_size=8, tta=1, block_tiles=8):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,

@@ -50,6 +50,16 @@ positives); ``nearest`` inflates TS (precision 0.842, 20% more false
 positives). ``split`` is the default because it alone gives the detectors the
 integer, independent Poisson pixels they model and were trained on.
 
+Tiles as tasks
+--------------
+The resampling runs in the calling process, in one pass over all tiles (so
+the ``split`` random draws do not depend on where tiles are processed). The
+tiles with a valid pixel are then detected and characterised in groups
+(``tiles_per_task``), each one call of
+`astro_asid.scale.healpix.process_tiles`, in this process or on a dask
+cluster (``scheduler=``, ``workers=``, see :doc:`/scale`); the merge across
+overlaps stays here, fed the tables in tile order, so the catalog is the same.
+
 Exposure and flux
 -----------------
 With an exposure (``cm2 s``, per band and HEALPix pixel, or per band), the
@@ -73,8 +83,7 @@ from astropy.utils.masked import Masked
 from astropy.wcs import WCS
 from scipy.spatial import cKDTree
 
-from astro_asid.characterize.apply import (characterize_candidates, characterizer_meta,
-                                          resolve_characterizer)
+from astro_asid.characterize.apply import characterizer_meta
 from astro_asid.catalog import (CATALOG_COLUMNS, build_catalog, validate_candidates,
                                 validate_catalog)
 from astro_asid.core import SkyImage, merge_mask
@@ -462,6 +471,19 @@ def _apply_t(rot, vec):
                      + rot[..., 2, i] * vec[..., 2] for i in range(3)], axis=-1)
 
 
+def _tile_wcs(frame, lon0, lat0, cdelt, crpix, npix):
+    """The CAR WCS of a tile centred on ``(lon0, lat0)`` (deg) in ``frame``: plain
+    numbers in, so that a worker process rebuilds it without the `HealpixTiling`."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["GLON-CAR", "GLAT-CAR"] if frame == "galactic" else ["RA---CAR", "DEC--CAR"]
+    w.wcs.crval = [float(lon0), float(lat0)]
+    w.wcs.cdelt = [-float(cdelt), float(cdelt)]
+    w.wcs.crpix = [float(crpix), float(crpix)]
+    w.wcs.set()
+    w.pixel_shape = (int(npix), int(npix))
+    return w
+
+
 def _unit_to_lonlat(vec):
     lon = np.rad2deg(np.arctan2(vec[..., 1], vec[..., 0])) % 360.0
     lat = np.rad2deg(np.arcsin(np.clip(vec[..., 2], -1.0, 1.0)))
@@ -559,15 +581,8 @@ class HealpixTiling:
 
     def wcs(self, tile):
         """The astropy WCS of one tile."""
-        w = WCS(naxis=2)
-        w.wcs.ctype = (["GLON-CAR", "GLAT-CAR"] if self.frame == "galactic"
-                       else ["RA---CAR", "DEC--CAR"])
-        w.wcs.crval = [float(self.lon0[tile]), float(self.lat0[tile])]
-        w.wcs.cdelt = [-self.tile_cdelt, self.tile_cdelt]
-        w.wcs.crpix = [self.crpix, self.crpix]
-        w.wcs.set()
-        w.pixel_shape = (self.tile_npix, self.tile_npix)
-        return w
+        return _tile_wcs(self.frame, self.lon0[tile], self.lat0[tile], self.tile_cdelt,
+                        self.crpix, self.tile_npix)
 
     # native <-> pixel
     def _native_vec(self, x, y):
@@ -988,13 +1003,16 @@ def _blas_limit(threads):
     return threadpool_limits(limits=int(threads), user_api="blas")
 
 
-def _detect_tiles(det, origin, counts, masks, images, blas_threads=1):
-    """Run the detector on every tile; returns (tables, tile indices)."""
+def _detect_tiles(det, origin, counts, masks, images, blas_threads=1, labels=None):
+    """Run the detector on every tile; returns (tables, tile indices).
+
+    ``labels`` are the tiles' numbers in error messages (default: their indices).
+    """
     with _blas_limit(blas_threads):
-        return _detect_tiles_unlimited(det, origin, counts, masks, images)
+        return _detect_tiles_unlimited(det, origin, counts, masks, images, labels)
 
 
-def _detect_tiles_unlimited(det, origin, counts, masks, images):
+def _detect_tiles_unlimited(det, origin, counts, masks, images, labels=None):
     tables, tiles = [], []
     where = f"detector {det.name!r} (from {origin})"
     active = [i for i in range(len(counts)) if not masks[i].all()]
@@ -1017,8 +1035,9 @@ def _detect_tiles_unlimited(det, origin, counts, masks, images):
             except (ValueError, TypeError):
                 raise
             except Exception as exc:
-                raise PluginError(f"{where} failed on tile {i}: {type(exc).__name__}: {exc}") \
-                    from exc
+                tile = i if labels is None else labels[i]
+                raise PluginError(f"{where} failed on tile {tile}: {type(exc).__name__}: "
+                                  f"{exc}") from exc
             tables.append(raw)
             tiles.append(i)
     out_t, out_i = [], []
@@ -1033,6 +1052,41 @@ def _detect_tiles_unlimited(det, origin, counts, masks, images):
             out_t.append(cands)
             out_i.append(i)
     return out_t, out_i
+
+
+def _run_tile_groups(plan, tiling, active, per_task, counts, exposure, background, detector,
+                     characterize, progress=False, **context):
+    """Detect and characterise the ``active`` tiles in groups of ``per_task``
+    (`astro_asid.scale.healpix.process_tiles`), in this process or on dask.
+
+    Returns the candidate tables and their tiles in tile order (as one pass over
+    all tiles gives them), the summed detection and characterisation seconds,
+    whether a characteriser ran, and the number of tasks.
+    """
+    from astro_asid.scale.block import BLOCK_THREADS
+    from astro_asid.scale.healpix import (CharacterizerOnce, plan_tile_groups, process_tiles,
+                                          tile_group_tasks)
+    from astro_asid.scale.scheduler import is_serial, map_blocks, open_client
+
+    groups = plan_tile_groups(tiling, active, per_task)
+    run = dict(progress=progress, total=len(groups), desc="tile groups")
+    if not groups:
+        parts = []
+    elif is_serial(plan):
+        model = CharacterizerOnce(characterize, context["instrument"])
+        tasks = tile_group_tasks(groups, counts, detector, characterize, exposure, background,
+                                 model=model, **context)
+        parts = map_blocks(process_tiles, tasks, **run)
+    else:
+        with open_client(plan) as client:
+            tasks = tile_group_tasks(groups, counts, detector, characterize, exposure,
+                                     background, threads=BLOCK_THREADS, **context)
+            parts = map_blocks(process_tiles, tasks, client=client, **run)
+    tables = [t for p in parts for t in p["tables"]]
+    tiles = [i for p in parts for i in p["tiles"]]
+    return (tables, tiles, sum(p["detect_s"] for p in parts),
+            sum(p["characterize_s"] for p in parts), any(p["characterized"] for p in parts),
+            len(groups))
 
 
 def _power_law_photon_fractions(edges_gev, index):
@@ -1081,6 +1135,7 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                          merge_radius=0.3 * u.deg, min_separation=0.2 * u.deg,
                          overlap_slack=0.5 * u.deg,
                          instrument="fermi-lat", blas_threads=1, characterize=None,
+                         scheduler=None, workers=None, progress=False, tiles_per_task=None,
                          **detector_options):
     """Find sources in an all-sky HEALPix count cube.
 
@@ -1131,6 +1186,24 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
         Characterisation of every tile's candidates, as in
         `~astro_asid.find_sources` (default: the shipped characteriser of
         ``instrument`` when it fits the tiles).
+    scheduler : None, str or `distributed.Client`, optional
+        Where the groups of tiles are detected and characterised, as in
+        `~astro_asid.find_sources` (see `~astro_asid.scale.check_scheduler`
+        and :doc:`/scale`): None or ``"serial"`` in this process;
+        ``"processes"`` on a local dask cluster of ``workers`` processes;
+        ``"tcp://host:port"`` or a ``Client``: an existing cluster. The
+        resampling and the merge stay in this process; the catalog is the
+        same whatever the choice (bit for bit when torch runs with one thread
+        here, as on the workers).
+    workers : int, optional
+        Processes of the local cluster; alone, it implies ``scheduler="processes"``.
+    progress : bool, optional
+        Show a progress bar over the groups of tiles.
+    tiles_per_task : int, optional
+        Tiles in one task (`astro_asid.scale.healpix.process_tiles`): 16 by
+        default, rounded up to whole batches of a batched detector (64 tiles
+        for ``asid-unet``), so that every tile is in the same network batch
+        whatever the scheduler (see `astro_asid.scale.healpix.tiles_per_task_for`).
     **detector_options
         Passed to the detector's constructor.
 
@@ -1143,14 +1216,26 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
         ``n_merged`` (detections merged into the row), ``counts`` and
         ``counts_err`` (source counts, when an exposure turned ``flux`` into
         photon flux), and the detector's own columns. ``meta`` records the
-        detector, tiling, merging and timings (``meta['timing_s']``).
+        detector, tiling, merging and timings (``meta['timing_s']``; ``detect``
+        and ``characterize`` are summed over the tasks, worker time when they
+        ran on dask, and ``tasks`` is the wall time of all tasks).
     """
     from astro_asid import __version__
+    from astro_asid.scale.healpix import tiles_per_task_for
+    from astro_asid.scale.scheduler import check_scheduler, is_serial
 
     t_start = time.perf_counter()
+    plan = check_scheduler(scheduler, workers)
     cube = _as_cube(hpx, nside=nside, nest=nest, frame=frame, energy_edges=energy_edges,
                     exposure=exposure, background=background, mask=mask)
     det, origin = _resolve(detector, detector_options)
+    per_task = tiles_per_task_for(det, tiles_per_task)
+    if not is_serial(plan):
+        from astro_asid.scale.spec import DetectorSpec, check_characterizer_spec
+
+        # fail before the resampling: what workers cannot rebuild
+        spec = DetectorSpec.from_detector(det)
+        char_spec = check_characterizer_spec(characterize)
     if resample not in _RESAMPLE:
         raise ValueError(f"resample must be one of {_RESAMPLE}, not {resample!r}")
     good = cube.data[~cube.mask]
@@ -1191,27 +1276,15 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                        if cube.background is not None else None)
     t_tiles = time.perf_counter()
 
-    def image(i):
-        return SkyImage(data=counts[i], wcs=tiling.wcs(i), mask=tile_mask[i], energy_edges=edges,
-                        unit=u.ct, instrument=instrument,
-                        exposure=None if tile_exposure is None else tile_exposure[i],
-                        background=None if tile_background is None else tile_background[i],
-                        psf={"sigma_pix": psf_pix.tolist()},
-                        meta={"tile": int(i), "tile_centre": (float(tiling.lon0[i]),
-                                                              float(tiling.lat0[i]))})
-
-    tables, table_tiles = _detect_tiles(det, origin, counts, tile_mask, image, blas_threads)
-    t_detect = time.perf_counter()
-    char_meta = {}
-    if tables and characterize is not False:
-        model = resolve_characterizer(characterize, instrument)
-        if model is not None:
-            with _blas_limit(blas_threads):
-                tables = [characterize_candidates(characterize, image(i), t, detector=det.name,
-                                                  model=model)
-                          for t, i in zip(tables, table_tiles)]
-            char_meta = characterizer_meta(tables[0])
-    t_char = time.perf_counter()
+    # the tiles with a valid pixel, in groups: independent tasks, here or on dask workers
+    active = np.flatnonzero(~tile_mask.reshape(len(tile_mask), -1).all(axis=1))
+    tables, table_tiles, detect_s, char_s, characterized, n_tasks = _run_tile_groups(
+        plan, tiling, active, per_task, counts, tile_exposure, tile_background,
+        det if is_serial(plan) else spec, characterize if is_serial(plan) else char_spec,
+        energy_edges=edges, psf_sigma_pix=psf_pix.tolist(), instrument=instrument,
+        origin=origin, blas_threads=blas_threads, progress=progress)
+    char_meta = characterizer_meta(tables[0]) if characterized else {}
+    t_tasks = time.perf_counter()
 
     cols, units = _collect(tables, table_tiles)
     n_raw = cols["tile"].size
@@ -1292,7 +1365,8 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                    "all_tiles": tiles is None,
                    "tile_npix": tiling.tile_npix, "tile_cdelt_deg": tiling.tile_cdelt,
                    "crpix": tiling.crpix, "resample": method, "supersample": tiling.supersample,
-                   "seed": seed if isinstance(seed, (int, type(None))) else repr(seed)},
+                   "seed": seed if isinstance(seed, (int, type(None))) else repr(seed),
+                   "tiles_per_task": per_task, "n_tasks": n_tasks},
         "psf_sigma_deg": [float(v) for v in psf_deg],
         "merge_radius_deg": float(u.Quantity(merge_radius, u.deg).value),
         "min_separation_deg": (None if min_separation is None
@@ -1305,9 +1379,10 @@ def find_sources_healpix(hpx, *, detector=None, nside=None, nest=None, frame=Non
                      "geometry": round(tiling.geometry_time if not cached else 0.0, 3),
                      "geometry_cached": bool(cached),
                      "resample": round(t_tiles - t_geom, 3),
-                     "detect": round(t_detect - t_tiles, 3),
-                     "characterize": round(t_char - t_detect, 3),
-                     "merge": round(t_end - t_char, 3)},
+                     "detect": round(detect_s, 3),
+                     "characterize": round(char_s, 3),
+                     "tasks": round(t_tasks - t_tiles, 3),
+                     "merge": round(t_end - t_tasks, 3)},
     }
     for key in ("model_name", "model_sha256"):
         if getattr(det, key, None) is not None:
@@ -1342,6 +1417,8 @@ class FermiHealpixAdapter:
     """
 
     name = "fermi-healpix"
+    #: `find_sources` passes ``scheduler``, ``workers`` and ``progress`` on (tiles as tasks)
+    supports_scheduler = True
 
     def accepts(self, obj):
         """True when ``obj`` is a HEALPix cube this adapter can read."""

@@ -46,6 +46,13 @@ def _block_tasks(sky, blocks, detector, characterize, context, model, threads=No
         yield (data, mask, block, detector, characterize), kwargs
 
 
+def _device_of(detector):
+    """The torch device a detector's network runs on ("cpu" for non-deep detectors)."""
+    from astro_asid.detection.deep import resolve_device
+
+    return resolve_device(getattr(detector, "device", "cpu"))
+
+
 def find_in_blocks(sky, detector, characterize=None, origin_name=None, scheduler=None,
                    workers=None, progress=False):
     """Detect and characterise ``sky`` block by block; one merged candidate table.
@@ -77,9 +84,12 @@ def find_in_blocks(sky, detector, characterize=None, origin_name=None, scheduler
         catalog from; ``meta`` carries the characteriser's keys and
         ``meta["n_blocks"]``. The same table, bit for bit, whatever the scheduler.
     """
-    from astro_asid.scale.scheduler import check_scheduler, is_serial, map_blocks, open_client
+    from astro_asid.scale.scheduler import (auto_workers, check_scheduler, is_serial, map_blocks,
+                                            open_client)
     from astro_asid.scale.spec import DetectorSpec, check_characterizer_spec
 
+    if scheduler is None and workers is None:
+        workers = auto_workers(int(np.prod(sky.shape)), _device_of(detector))
     plan = check_scheduler(scheduler, workers)
     model = resolve_characterizer(characterize, sky.instrument)
     blocks = plan_blocks(sky, detector)
@@ -114,4 +124,17 @@ def find_in_blocks(sky, detector, characterize=None, origin_name=None, scheduler
     tab = tab[order]
     tab.meta.update(meta)
     tab.meta["n_blocks"] = len(blocks)
+    tab.meta["scheduler"] = _describe(plan)
     return tab
+
+
+def _describe(plan):
+    """How the blocks ran, for the catalog's meta."""
+    kind, value = plan
+    if kind == "serial":
+        return "serial"
+    if kind == "local":
+        return f"local dask cluster ({value or 'default'} workers)"
+    if kind == "address":
+        return f"dask scheduler {value}"
+    return f"dask client {value.scheduler.address}"

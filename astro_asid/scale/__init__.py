@@ -15,9 +15,10 @@ an existing one (see :doc:`/scale`). dask is an optional dependency
 from astro_asid.scale.block import (POSITION_COLUMNS, Block, block_context, block_inputs,
                                     plan_blocks, process_block)
 from astro_asid.scale.lazy import is_dask_array, lazy_sky_image
+from astro_asid.scale.fits_sections import FitsSection, lazy_fits, lazy_optical_image
 from astro_asid.scale.scheduler import SchedulerError, check_scheduler, map_blocks, open_client
 from astro_asid.scale.spec import DetectorSpec, build_detector
 
-__all__ = ["Block", "DetectorSpec", "SchedulerError", "POSITION_COLUMNS", "block_context",
+__all__ = ["Block", "DetectorSpec", "FitsSection", "lazy_fits", "lazy_optical_image", "SchedulerError", "POSITION_COLUMNS", "block_context",
            "block_inputs", "build_detector", "check_scheduler", "is_dask_array",
            "lazy_sky_image", "map_blocks", "open_client", "plan_blocks", "process_block"]

@@ -115,11 +115,18 @@ def block_inputs(sky, block):
         raise ValueError(f"blocks need a 2-D image; this one has {sky.n_bands} bands")
     sl = block.slices
     maps = sky.background is not None and sky.noise is not None
-    meta = {k: (v[sl] if isinstance(v, np.ndarray) and v.shape == tuple(sky.shape) else v)
-            for k, v in sky.meta.items()}
+    meta = {k: (v[sl] if _image_shaped(v, sky.shape) else v) for k, v in sky.meta.items()}
     return {"data": sky.data[0][sl], "mask": sky.mask[0][sl],
             "background": sky.background[0][sl] if maps else None,
             "noise": sky.noise[0][sl] if maps else None, "meta": meta}
+
+
+def _image_shaped(value, shape):
+    """Whether a meta value is a per-pixel map of the image (numpy or dask)."""
+    from astro_asid.scale.lazy import is_dask_array
+
+    return (isinstance(value, np.ndarray) or is_dask_array(value)) \
+        and tuple(value.shape) == tuple(shape)
 
 
 def block_context(sky, origin=None):

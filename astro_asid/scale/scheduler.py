@@ -13,7 +13,7 @@ import os
 import sys
 import uuid
 
-__all__ = ["SchedulerError", "check_scheduler", "require_distributed", "open_client",
+__all__ = ["SchedulerError", "auto_workers", "usable_cpus", "check_scheduler", "require_distributed", "open_client",
            "map_blocks", "is_serial", "CRASH_ENV"]
 
 #: Test hook: ``"INDEX:PATH"`` makes the first worker attempt at block INDEX create the
@@ -36,6 +36,37 @@ def require_distributed(what="a dask scheduler"):
         raise ImportError(f"{what} needs dask.distributed, which is not installed: "
                           "pip install 'astro-asid[scale]' (or 'dask[distributed]')") from exc
     return distributed
+
+
+def usable_cpus():
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_workers(npix, device="cpu"):
+    """Workers of the automatic local cluster for an image of ``npix`` pixels, or None
+    to run in this process.
+
+    A cluster is started when the image has more than
+    ``astro_asid.conf.auto_cluster_pixels`` pixels (0: never), the machine has
+    at least ``conf.auto_cluster_min_cpus`` CPUs, the network runs on the CPU
+    (on a GPU one process feeds it best) and dask.distributed is installed.
+    """
+    from astro_asid.config import conf
+
+    limit = int(conf.auto_cluster_pixels)
+    cpus = usable_cpus()
+    if limit <= 0 or npix <= limit or cpus < int(conf.auto_cluster_min_cpus) \
+            or device != "cpu":
+        return None
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        return None
+    return cpus
 
 
 def is_serial(plan):
@@ -143,21 +174,47 @@ def _is_collection(obj):
 
 
 def _replace_collections(args, kwargs, compute):
-    """``args``, ``kwargs`` with their top-level dask collections replaced by
+    """``args``, ``kwargs`` with their dask collections replaced by
     ``compute(list_of_collections)`` (one call, so that shared inputs, such as the
-    data a mask is derived from, are computed once)."""
-    pos = [i for i, a in enumerate(args) if _is_collection(a)]
-    names = [k for k, v in kwargs.items() if _is_collection(v)]
-    if not pos and not names:
+    data a mask is derived from, are computed once). Collections are looked for
+    among the arguments and the values of dict arguments (a block's ``meta``
+    holds per-pixel maps such as ``saturated``)."""
+    places = []  # (container key, dict key or None)
+    for i, a in enumerate(args):
+        places += _places(("a", i), a)
+    for k, v in kwargs.items():
+        places += _places(("k", k), v)
+    if not places:
         return args, kwargs
-    got = compute([args[i] for i in pos] + [kwargs[k] for k in names])
     args, kwargs = list(args), dict(kwargs)
-    for where, value in zip(pos + names, got):
-        if isinstance(where, int):
-            args[where] = value
-        else:
-            kwargs[where] = value
+
+    def get(where):
+        (kind, key), sub = where
+        top = args[key] if kind == "a" else kwargs[key]
+        return top if sub is None else top[sub]
+
+    got = compute([get(w) for w in places])
+    copied = set()
+    for ((kind, key), sub), value in zip(places, got):
+        holder = args if kind == "a" else kwargs
+        if sub is None:
+            holder[key] = value
+            continue
+        if (kind, key) not in copied:  # never modify the caller's dict
+            holder[key] = dict(holder[key])
+            copied.add((kind, key))
+        holder[key][sub] = value
     return tuple(args), kwargs
+
+
+def _places(where, value):
+    """Where the dask collections are in one argument: ``[(where, None)]`` for the
+    argument itself, ``[(where, key), ...]`` for values of a dict argument."""
+    if _is_collection(value):
+        return [(where, None)]
+    if isinstance(value, dict):
+        return [(where, k) for k, v in value.items() if _is_collection(v)]
+    return []
 
 
 def _compute_here(args, kwargs):

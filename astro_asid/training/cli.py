@@ -65,7 +65,18 @@ def add_arguments(parser):
                        metavar=("MIN", "MAX"),
                        help="cosmic rays per pixel in training fields (log-uniform range)")
     group.add_argument("--artefact-weight", type=float, default=0.0,
-                       help="extra loss weight on cosmic-ray and trail pixels")
+                       help="extra loss weight on artefact pixels (cosmic rays, trails, "
+                            "bleed streaks)")
+    group.add_argument("--fwhm-range", type=float, nargs=2, default=(1.8, 5.0),
+                       metavar=("LO", "HI"),
+                       help="PSF FWHM range of the simulated fields in pixels (log-uniform; "
+                            "down to 1 for undersampled data)")
+    group.add_argument("--psf-variation", type=float, default=0.0, metavar="V",
+                       help="PSF variation within a field: FWHM within +-V of the field's, "
+                            "ellipticity up to V (0-0.5; 0 = one round PSF)")
+    group.add_argument("--bleed-probability", type=float, default=0.0, metavar="P",
+                       help="fraction of simulated fields whose saturated stars bleed "
+                            "along the columns")
     group = parser.add_argument_group("characterizer options")
     from astro_asid.characterize.train import add_arguments as add_char_arguments
     add_char_arguments(group)
@@ -93,7 +104,9 @@ def run(args):
                                trail_probability=args.trail_probability,
                                cosmic_ray_density=args.cosmic_ray_density,
                                artefact_weight=args.artefact_weight,
-                               init_weights=args.init_weights)
+                               init_weights=args.init_weights,
+                               fwhm_range=args.fwhm_range, psf_variation=args.psf_variation,
+                               bleed_probability=args.bleed_probability)
         return 0
     if args.detector == "characterizer":
         from astro_asid.characterize.train import train_characterizer

@@ -8,8 +8,8 @@
    fields turned into the detector's own input (background and noise from
    `~astro_asid.instruments.optical.estimate_background`, as at run time but
    with 32 px boxes on the 128 px fields), with the positions of the sources to find (matched-filter
-   S/N >= ``target_snr``); cosmic rays and trails are in the images but not in
-   the targets.
+   S/N >= ``target_snr``); cosmic rays, trails and bleed streaks are in the
+   images but not in the targets.
 2. Training: the multi-head U-Net (``seg`` disks of 1.5 px + ``offset``)
    on random flips/rotations of pool fields, some with masked borders or
    columns.
@@ -75,14 +75,16 @@ def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TAR
     ----------
     **sim_options
         Passed to `~astro_asid.simulate.optical.OpticalSkySimulator`
-        (e.g. ``trail_probability``, ``cosmic_ray_density``).
+        (e.g. ``trail_probability``, ``cosmic_ray_density``, ``fwhm_range``,
+        ``psf_variation``, ``bleed``).
 
     Returns
     -------
     dict
         ``snr`` ``(n, ny, nx)`` float16, ``xy`` list of ``(k, 2)`` target
-        positions, ``artefact`` ``(n, ny, nx)`` uint8 (1 cosmic ray, 2 trail),
-        and ``fields`` (the `OpticalField` objects) when ``keep_fields``.
+        positions, ``artefact`` ``(n, ny, nx)`` uint8 (1 cosmic ray, 2 trail,
+        3 bleed), and ``fields`` (the `OpticalField` objects) when
+        ``keep_fields``.
     """
     workers = max(1, int(workers))
     per = -(-int(n) // workers)
@@ -143,8 +145,9 @@ def make_batch_fn(pool, mask_prob=0.2, artefact_weight=0.0):
     """``make_batch(rng, n)`` for `~astro_asid.training.loop.Trainer`.
 
     ``artefact_weight`` > 0 adds a per-pixel segmentation weight
-    ``1 + artefact_weight`` on cosmic-ray and trail pixels (``t["seg_w"]``):
-    they are rare, and a false source on them is what users see first.
+    ``1 + artefact_weight`` on artefact pixels (cosmic rays, trails, bleed
+    streaks: any non-zero ``artefact`` code; ``t["seg_w"]``): they are rare,
+    and a false source on them is what users see first.
     """
     from astro_asid.detection.optical import optical_input
 
@@ -200,8 +203,8 @@ def evaluate_optical(detector, fields, match_radius=OPTICAL_MATCH_RADIUS_PX):
     dict
         Per candidate: ``raw_score``, ``score``, ``tp``, ``x``, ``y``,
         ``field``, ``match`` (index in that field's truth) and ``artefact``
-        (1 cosmic ray, 2 trail, 0 none, at the candidate's pixel, for false
-        positives); ``n_true`` per S/N threshold.
+        (1 cosmic ray, 2 trail, 3 bleed, 0 none, at the candidate's pixel, for
+        false positives); ``n_true`` per S/N threshold.
     """
     from astro_asid.core import SkyImage
     from astro_asid.training.metrics import match_detections
@@ -246,13 +249,18 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
                            lr=2e-3, base_width=12, depth=3, shape=(128, 128), seed=1,
                            workers=1, device="auto", threads=None, command=None, log=print,
                            trail_probability=0.3, cosmic_ray_density=(1e-4, 1e-3),
-                           artefact_weight=0.0, init_weights=None):
+                           artefact_weight=0.0, init_weights=None, fwhm_range=(1.8, 5.0),
+                           psf_variation=0.0, bleed_probability=0.0):
     """Simulate, train, calibrate and write ``out/asid-optical.{safetensors,json}``.
 
     ``trail_probability`` and ``cosmic_ray_density`` set the artefacts of the
     *training* fields (more than the simulator's defaults teaches the network
     to reject them); the validation and calibration fields keep the
     defaults, so the calibrated score describes ordinary frames.
+    ``fwhm_range``, ``psf_variation`` and ``bleed_probability`` (the
+    simulator's ``bleed``: the fraction of fields whose saturated stars
+    bleed) describe the frames themselves, so they apply to the training,
+    validation and calibration fields alike.
     ``artefact_weight`` up-weights the loss on artefact pixels
     (`make_batch_fn`). ``init_weights`` starts from an existing
     ``asid-optical`` model (fine-tuning; its architecture is kept).
@@ -268,10 +276,13 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    # the look of the frames (defaults: the simulator's, so the fields are unchanged)
+    frames = {"fwhm_range": tuple(float(v) for v in fwhm_range),
+              "psf_variation": float(psf_variation), "bleed": float(bleed_probability)}
     pool = simulate_optical_pool(n_fields, shape, seed=seed, workers=workers,
                                  trail_probability=float(trail_probability),
-                                 cosmic_ray_density=tuple(cosmic_ray_density))
-    val_pool = simulate_optical_pool(64, shape, seed=seed + 500)
+                                 cosmic_ray_density=tuple(cosmic_ray_density), **frames)
+    val_pool = simulate_optical_pool(64, shape, seed=seed + 500, **frames)
     t_sim = time.time() - t0
     log(f"simulated {n_fields} training fields in {t_sim:.0f} s")
     config = {"in_channels": 2, "base_width": int(base_width), "depth": int(depth),
@@ -312,6 +323,9 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
                      "trail_probability": float(trail_probability),
                      "cosmic_ray_density": list(cosmic_ray_density),
                      "artefact_weight": float(artefact_weight),
+                     "fwhm_range": list(frames["fwhm_range"]),
+                     "psf_variation": frames["psf_variation"],
+                     "bleed_probability": frames["bleed"],
                      "init_weights": None if init_weights is None else Path(init_weights).name,
                      "init_model": init_card,
                      "device": str(select_device(device)),
@@ -326,7 +340,7 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
     from astro_asid.detection.deep import clear_model_cache
     clear_model_cache()
     cal_fields = simulate_optical_pool(n_calibration, (256, 256), seed=seed + 900,
-                                       keep_fields=True)["fields"]
+                                       keep_fields=True, **frames)["fields"]
     det = ASIDOpticalDetector(weights=path, min_score=0.0)
     ev = evaluate_optical(det, cal_fields)
     cal = ScoreCalibration.fit(ev["raw_score"], ev["tp"])
