@@ -593,26 +593,32 @@ def mosaic_table(size, tile, npy, seed, opts, workers, header, sources, tmp):
     return rows
 
 
-def tuning_table(size, path, threads, batches, opts, header):
-    """Part 5: torch threads x batch size of asid-optical, serial, one field."""
-    rows = {}
-    for t in threads:
-        for b in batches:
+def tuning_table(size, path, threads, batches, repeats, opts, header):
+    """Part 5: torch threads x batch size of asid-optical, serial, one field; the
+    configurations interleaved over ``repeats`` rounds (so that a slow spell of the
+    machine does not fall on one configuration), median and spread of the walls."""
+    runs = {(t, b): [] for t in threads for b in batches}
+    for _ in range(repeats):
+        for (t, b), got in runs.items():
             o = dict(opts, threads=t, characterize=False, options={"batch_size": b})
-            rows[t, b] = run_fresh(_finder_child, "asid-optical", path, 0.0, o)
+            got.append(run_fresh(_finder_child, "asid-optical", path, 0.0, o))
     print(f"\n## Part 5: torch threads and batch size, one {size}x{size} field ({header})")
-    print("\nasid-optical, characterize=False, serial; each row a fresh process. The "
-          "defaults (torch's own thread count, batch_size=8) are chosen from this table.")
-    print("\n| torch threads | batch size (tiles) | wall (s) | Mpix/s | peak RSS (MiB) | "
+    print(f"\nasid-optical, characterize=False, serial; each run a fresh process, "
+          f"{repeats} rounds over the configurations; wall: median (min-max).")
+    print("\n| torch threads | batch size (tiles) | wall (s) | Mpix/s (median) | peak RSS (MiB) | "
           "growth (MiB) |")
     print("|---|---|---|---|---|---|")
-    for (t, b), r in rows.items():
-        if "error" in r:
-            print(f"| {t} | {b} | failed: {r['error']} |")
+    for (t, b), got in runs.items():
+        ok = [r for r in got if "error" not in r]
+        if not ok:
+            print(f"| {t} | {b} | failed: {got[0]['error']} |")
             continue
-        print(f"| {r['threads']} | {b} | {r['wall']:.2f} | {size * size / 1e6 / r['wall']:.2f} "
-              f"| {r['peak']:.0f} | {r['peak'] - r['rss0']:.0f} |")
-    return rows
+        w = np.array([r["wall"] for r in ok])
+        r = ok[0]
+        print(f"| {r['threads']} | {b} | {np.median(w):.2f} ({w.min():.2f}-{w.max():.2f}) | "
+              f"{size * size / 1e6 / np.median(w):.2f} | {max(q['peak'] for q in ok):.0f} | "
+              f"{max(q['peak'] - q['rss0'] for q in ok):.0f} |")
+    return runs
 
 
 def allsky_table(nside, seed, workdir, tiles, opts, header):
@@ -685,6 +691,8 @@ def main(argv=None):
                         help="torch threads tried in part 5")
     parser.add_argument("--tune-batch", type=int, nargs="+", default=[2, 4, 8, 16, 32],
                         help="asid-optical batch sizes (tiles per forward pass) of part 5")
+    parser.add_argument("--tune-repeats", type=int, default=3,
+                        help="rounds over the configurations of part 5")
     parser.add_argument("--allsky-nside", type=int, default=256)
     parser.add_argument("--allsky-seed", type=int, default=1)
     parser.add_argument("--allsky-tiles", default="",
@@ -739,7 +747,7 @@ def main(argv=None):
                          args.mosaic_workers, header, args.mosaic_source, tmp)
         if not args.skip_tuning:
             tuning_table(args.tune_size, paths[args.tune_size], args.tune_threads,
-                         args.tune_batch, opts, header)
+                         args.tune_batch, args.tune_repeats, opts, header)
     if args.skip_allsky:
         print("\n## Part 4: full-sky Fermi-LAT map skipped (--skip-allsky)")
     else:
