@@ -80,12 +80,15 @@ Parts (each can be skipped):
    section (`astro_asid.scale.fits_sections`).
 4. Full sky: ``benchmarks/fermi_allsky.py``'s simulation (nside
    ``--allsky-nside``, default 256, 5 bands, ``FermiSkySimulator.sample_allsky``
-   with seed ``--allsky-seed``; cached in ``--workdir``), then in a fresh
-   process ``find_sources(counts, nside=nside)`` serially with its defaults
-   (the best installed Fermi-LAT detector, ``asid-unet``, and the shipped
+   with seed ``--allsky-seed``; cached in ``--workdir``), then, each in a fresh
+   process, ``find_sources(counts, nside=nside)`` with its defaults (the best
+   installed Fermi-LAT detector, ``asid-unet``, and the shipped
    characterisation; the 768 tiles of the data challenge, or ``--allsky-tiles
-   a:b``): wall time (model load included; the import of astro_asid and the
-   plugins excluded), the pipeline's own breakdown, peak RSS.
+   a:b``) serially (torch's threads, and 1 thread) and with
+   ``workers=--allsky-workers`` (default 2; 0 skips it): wall time (model load
+   and the cluster's start included; the import of astro_asid and the plugins
+   excluded), the pipeline's own breakdown, peak RSS, and the catalogue
+   compared bit for bit with the serial one-thread run.
 5. Tuning (``--tune-size``, default 2048): ``asid-optical`` serially with
    every torch thread count of ``--tune-threads`` and batch size of
    ``--tune-batch``, each a fresh process: the measurements behind the
@@ -394,12 +397,19 @@ def _allsky_child(npz, tiles, opts):
     kw = {"tiles": tiles} if tiles is not None else {}
     if opts.get("device", "cpu") != "cpu":
         kw["device"] = opts["device"]
+    if opts.get("workers"):
+        kw["workers"] = opts["workers"]
     reset = _reset_peak()
     rss0 = _rss_mib()
     _gpu_reset(cuda)
     t0 = time.perf_counter()
     cat = find_sources(counts, nside=nside, **kw)
     wall = time.perf_counter() - t0
+    if opts.get("out"):
+        sc = cat["sky_centroid"]
+        lon, lat = np.asarray(sc.spherical.lon.deg, float), np.asarray(sc.spherical.lat.deg, float)
+        np.savez(opts["out"], x=lon, y=lat, lon=lon, lat=lat,
+                 score=np.asarray(cat["score"], float))
     return {"n": len(cat), "wall": wall, "startup": t_start, "rss0": rss0,
             "peak": _peak_mib(reset), "reset": reset, "threads": threads, "cuda": cuda,
             "gpu_peak": _gpu_peak(cuda), "detector": cat.meta.get("detector"),
@@ -621,8 +631,9 @@ def tuning_table(size, path, threads, batches, repeats, opts, header):
     return runs
 
 
-def allsky_table(nside, seed, workdir, tiles, opts, header):
-    """Part 4: a full-sky Fermi-LAT HEALPix cube (benchmarks/fermi_allsky.py's simulation)."""
+def allsky_table(nside, seed, workdir, tiles, opts, header, workers, tmp):
+    """Part 4: a full-sky Fermi-LAT HEALPix cube (benchmarks/fermi_allsky.py's simulation):
+    serial (torch's threads and 1 thread) and on a local cluster of ``workers``."""
     import fermi_allsky  # benchmarks/fermi_allsky.py
 
     t0 = time.perf_counter()
@@ -630,24 +641,43 @@ def allsky_table(nside, seed, workdir, tiles, opts, header):
         path, _, how = fermi_allsky.simulate(nside, seed, workdir)
     t_sim = time.perf_counter() - t0
     sel = fermi_allsky._tiles(tiles)
-    r = run_fresh(_allsky_child, str(path), sel, opts)
+    runs = {"serial": dict(opts), "serial, 1 thread": dict(opts, threads=1)}
+    if workers:
+        runs[f"workers={workers} (cluster started by find_sources)"] = dict(opts,
+                                                                           workers=workers)
+    rows = {}
+    for i, (label, o) in enumerate(runs.items()):
+        o["out"] = os.path.join(tmp, f"allsky_{i}.npz")
+        rows[label] = run_fresh(_allsky_child, str(path), sel, o)
     print(f"\n## Part 4: full-sky Fermi-LAT HEALPix cube ({header})")
     sim = "cached" if how == "cached" else f"{how}, {t_sim:.0f} s"
     print(f"\nnside {nside}, seed {seed} ({sim}: {path}); find_sources(counts, nside=nside"
-          + (f", tiles={tiles}" if tiles else "") + ") with its defaults, serial, a fresh "
-          "process; wall includes model loads, not the astro_asid/plugin import.")
-    if "error" in r:
-        print(f"\nfailed: {r['error']}")
-        return r
-    gh, gs = _gpu_head(r.get("cuda"))
-    print("\n| detector | characterised | tiles | sources | wall (s) | import (s) | "
-          "RSS before (MiB) | peak RSS (MiB) | growth (MiB)" + gh + " breakdown (s) |")
-    print("|---|---|---|---|---|---|---|---|---|" + gs + "---|")
-    tm = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                   for k, v in r["timing"].items())
-    print(f"| {r['detector']} | {r['char']} | {r['n_tiles']} | {r['n']} | {r['wall']:.1f} | "
-          f"{r['startup']:.1f} | {_row_mem(r)} | {tm} |")
-    return r
+          + (f", tiles={tiles}" if tiles else "") + ") with its defaults, each run a fresh "
+          "process; wall includes model loads (and a cluster's start), not the "
+          "astro_asid/plugin import. Identity: against the serial one-thread catalogue "
+          "(sky positions and scores, bit for bit).")
+    ref_label = "serial, 1 thread"
+    ref = _load_cat(runs[ref_label]["out"]) if "error" not in rows[ref_label] else None
+    cuda = any(r.get("cuda") for r in rows.values())
+    gh, gs = _gpu_head(cuda)
+    print("\n| run | detector | characterised | tiles | sources | wall (s) | import (s) | "
+          "RSS before (MiB) | peak RSS (MiB) | growth (MiB)" + gh + " breakdown (s) | "
+          "vs serial 1 thread |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + gs + "---|---|")
+    for label, r in rows.items():
+        if "error" in r:
+            print(f"| {label} | failed: {r['error']} |")
+            continue
+        tm = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in r["timing"].items())
+        desc = "(reference)" if label == ref_label else (
+            "n/a" if ref is None else compare_catalogs(_load_cat(runs[label]["out"]), ref)[1])
+        print(f"| {label} | {r['detector']} | {r['char']} | {r['n_tiles']} | {r['n']} | "
+              f"{r['wall']:.1f} | {r['startup']:.1f} | {_row_mem(r)} | {tm} | {desc} |")
+    if workers:
+        print(f"\nPeak RSS of the workers run is the calling process's; the {workers} "
+              "workers' is not measured.")
+    return rows
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -695,6 +725,8 @@ def main(argv=None):
                         help="rounds over the configurations of part 5")
     parser.add_argument("--allsky-nside", type=int, default=256)
     parser.add_argument("--allsky-seed", type=int, default=1)
+    parser.add_argument("--allsky-workers", type=int, default=2,
+                        help="workers of the local cluster of part 4 (0: serial runs only)")
     parser.add_argument("--allsky-tiles", default="",
                         help="subset of the all-sky tiles, 'a:b' or 'i,j,k' (default: all)")
     parser.add_argument("--workdir", default=os.environ.get("TMPDIR", "/tmp"),
@@ -751,8 +783,9 @@ def main(argv=None):
     if args.skip_allsky:
         print("\n## Part 4: full-sky Fermi-LAT map skipped (--skip-allsky)")
     else:
-        allsky_table(args.allsky_nside, args.allsky_seed, args.workdir, args.allsky_tiles, opts,
-                     header)
+        with tempfile.TemporaryDirectory() as tmp:
+            allsky_table(args.allsky_nside, args.allsky_seed, args.workdir, args.allsky_tiles,
+                         opts, header, args.allsky_workers, tmp)
     print(f"\n# total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
 
 

@@ -13,6 +13,9 @@ from astro_asid.scale import SchedulerError, check_scheduler
 from astro_asid.scale.scheduler import CRASH_ENV
 from astro_asid.simulate.optical import OpticalSkySimulator, optical_wcs
 
+# every test runs torch with one thread (conftest.one_torch_thread), as dask workers do
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # tests that need a cluster skip without dask.distributed (pytest.importorskip in the
 # `client` fixture); those of the serial path without dask run anyway
 
@@ -31,20 +34,6 @@ def assert_same_catalog(a, b):
         np.testing.assert_array_equal(_values(a, name), _values(b, name), err_msg=name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The serial path keeps torch's thread count, the workers use BLOCK_THREADS (1):
-    this process runs with one thread too, so that the catalogs agree bit for bit."""
-    import torch
-
-    from astro_asid.scale.block import BLOCK_THREADS
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(BLOCK_THREADS)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def field():
     return OpticalSkySimulator(shape=(256, 256), crowding="sparse", seed=5).sample()
@@ -60,15 +49,6 @@ def serial_cat(hdu):
     cat = find_sources(hdu, **OPTS)
     assert cat.meta["n_blocks"] == 9 and len(cat) > 20
     return cat
-
-
-@pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
-            distributed.Client(cluster, set_as_default=False) as c:
-        yield c
 
 
 def test_distributed_matches_serial(client, hdu, serial_cat):

@@ -12,6 +12,9 @@ hp = pytest.importorskip("healpy")
 from astro_asid.instruments.fermi import HealpixTiling, find_sources_healpix  # noqa: E402
 from astro_asid.scale.scheduler import CRASH_ENV  # noqa: E402
 
+# every test runs torch with one thread (conftest.one_torch_thread), as dask workers do
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # tests that need a cluster skip without dask.distributed (pytest.importorskip in the
 # `client` fixture); those of the serial path without dask run anyway
 
@@ -61,20 +64,6 @@ def _sky(bands, seed):
     return rng.poisson(model).astype(float)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The serial path keeps torch's thread count, the workers use BLOCK_THREADS (1):
-    this process runs with one thread too, so that the catalogs agree bit for bit."""
-    import torch
-
-    from astro_asid.scale.block import BLOCK_THREADS
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(BLOCK_THREADS)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def counts():
     return _sky(1, seed=1)
@@ -87,15 +76,6 @@ def serial_cat(counts):
     assert cat.meta["tiling"]["n_tasks"] == 1 and cat.meta["tiling"]["tiles_per_task"] == 16
     assert len(cat) >= 10 and cat.meta["n_detections_tiles"] > len(cat)
     return cat
-
-
-@pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=":0") as cluster, \
-            distributed.Client(cluster, set_as_default=False) as c:
-        yield c
 
 
 def test_grouping_does_not_change_the_serial_catalog(counts, serial_cat):
