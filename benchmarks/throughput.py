@@ -183,6 +183,19 @@ def _gpu_peak(cuda):
     return torch.cuda.max_memory_allocated() / 2 ** 20
 
 
+def _measured(call, cuda=False):
+    """``call()`` timed, with this process's resident memory before it and its peak during
+    it (and the GPU's peak when ``cuda``): ``(result, dict)``."""
+    reset = _reset_peak()
+    rss0 = _rss_mib()
+    _gpu_reset(cuda)
+    t0 = time.perf_counter()
+    out = call()
+    wall = time.perf_counter() - t0
+    return out, {"wall": wall, "rss0": rss0, "peak": _peak_mib(reset), "reset": reset,
+                 "gpu_peak": _gpu_peak(cuda)}
+
+
 def _asid_call(image, wcs, device, characterize, **kw):
     from astro_asid import find_sources
 
@@ -267,14 +280,8 @@ def _finder_child(name, npy, fwhm, opts):
             kw["workers"] = opts["workers"]
         kw.update(opts.get("options") or {})
         try:
-            reset = _reset_peak()
-            rss0 = _rss_mib()
-            _gpu_reset(cuda)
-            t0 = time.perf_counter()
-            cat = _asid_call(image, wcs, device, char, **kw)
-            wall = time.perf_counter() - t0
-            peak = _peak_mib(reset)
-            res["gpu_peak"] = _gpu_peak(cuda)
+            cat, m = _measured(lambda: _asid_call(image, wcs, device, char, **kw), cuda)
+            res.update(m)
             if client is not None:
                 res["worker_peaks"] = sorted(client.run(_worker_peak).values())
         finally:
@@ -293,14 +300,8 @@ def _finder_child(name, npy, fwhm, opts):
         importlib.import_module("sep" if name == "sep" else "photutils.detection")
         runner = optical_bench.run_sep if name == "sep" else optical_bench.run_dao
         res["load"] = time.perf_counter() - t0
-        reset = _reset_peak()
-        rss0 = _rss_mib()
-        t0 = time.perf_counter()
-        x, _, _ = runner(image, fwhm)
-        wall = time.perf_counter() - t0
-        peak = _peak_mib(reset)
-        res["n"] = len(x)
-    res.update(wall=wall, rss0=rss0, peak=peak, reset=reset)
+        (x, _, _), m = _measured(lambda: runner(image, fwhm))
+        res.update(m, n=len(x))
     return res
 
 
@@ -370,17 +371,11 @@ def _mosaic_child(npy, size, seed, opts):
         image = write_fits_mosaic(mosaic, wcs, opts["fits_path"])
         n_tasks = None
         wcs = None
-    reset = _reset_peak()
-    rss0 = _rss_mib()
-    _gpu_reset(cuda)
-    t0 = time.perf_counter()
-    cat = _asid_call(image, wcs, device, False, **kw)
-    wall = time.perf_counter() - t0
+    cat, m = _measured(lambda: _asid_call(image, wcs, device, False, **kw), cuda)
     if opts.get("source") == "fits":
         os.remove(image)
-    return {"n": len(cat), "wall": wall, "load": t_load, "rss0": rss0, "peak": _peak_mib(reset),
-            "reset": reset, "threads": threads, "cuda": cuda, "gpu_peak": _gpu_peak(cuda),
-            "n_blocks": cat.meta.get("n_blocks"), "n_tasks": n_tasks}
+    return dict(m, n=len(cat), load=t_load, threads=threads, cuda=cuda,
+                n_blocks=cat.meta.get("n_blocks"), n_tasks=n_tasks)
 
 
 def _allsky_child(npz, tiles, opts):
@@ -399,23 +394,17 @@ def _allsky_child(npz, tiles, opts):
         kw["device"] = opts["device"]
     if opts.get("workers"):
         kw["workers"] = opts["workers"]
-    reset = _reset_peak()
-    rss0 = _rss_mib()
-    _gpu_reset(cuda)
-    t0 = time.perf_counter()
-    cat = find_sources(counts, nside=nside, **kw)
-    wall = time.perf_counter() - t0
+    cat, m = _measured(lambda: find_sources(counts, nside=nside, **kw), cuda)
     if opts.get("out"):
         sc = cat["sky_centroid"]
         lon, lat = np.asarray(sc.spherical.lon.deg, float), np.asarray(sc.spherical.lat.deg, float)
         np.savez(opts["out"], x=lon, y=lat, lon=lon, lat=lat,
                  score=np.asarray(cat["score"], float))
-    return {"n": len(cat), "wall": wall, "startup": t_start, "rss0": rss0,
-            "peak": _peak_mib(reset), "reset": reset, "threads": threads, "cuda": cuda,
-            "gpu_peak": _gpu_peak(cuda), "detector": cat.meta.get("detector"),
-            "char": _char_state(cat), "timing": cat.meta.get("timing_s", {}),
-            "n_tiles": (cat.meta.get("tiling") or {}).get("n_tiles"), "nside": nside,
-            "npix": int(counts.shape[-1]), "n_bands": int(counts.shape[0])}
+    return dict(m, n=len(cat), startup=t_start, threads=threads, cuda=cuda,
+                detector=cat.meta.get("detector"), char=_char_state(cat),
+                timing=cat.meta.get("timing_s", {}),
+                n_tiles=(cat.meta.get("tiling") or {}).get("n_tiles"), nside=nside,
+                npix=int(counts.shape[-1]), n_bands=int(counts.shape[0]))
 
 
 def run_fresh(func, *args):
@@ -500,8 +489,8 @@ def _load_cat(path):
         return {k: f[k] for k in f.files}
 
 
-def compare_catalogs(a, b):
-    """(identical bit for bit, description)."""
+def compare_catalogs(a, b, unit="px"):
+    """(identical bit for bit, description); ``unit`` of the ``x``, ``y`` columns."""
     keys = ("x", "y", "score", "lon", "lat")
     if len(a["x"]) == len(b["x"]) and all(
             np.array_equal(np.ascontiguousarray(a[k]).view(np.uint64),
@@ -514,7 +503,7 @@ def compare_catalogs(a, b):
     d, j = cKDTree(np.column_stack([b["x"], b["y"]])).query(np.column_stack([a["x"], a["y"]]))
     ds = np.abs(a["score"] - b["score"][j])
     return False, (f"{len(a['x'])} vs {len(b['x'])} rows; nearest counterpart: max offset "
-                   f"{d.max():.2e} px, max |score diff| {ds.max():.2e}")
+                   f"{d.max():.2e} {unit}, max |score diff| {ds.max():.2e}")
 
 
 def distributed_table(size, path, fields, opts, workers, characterize, tmp, header):
@@ -671,7 +660,7 @@ def allsky_table(nside, seed, workdir, tiles, opts, header, workers, tmp):
         tm = ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                        for k, v in r["timing"].items())
         desc = "(reference)" if label == ref_label else (
-            "n/a" if ref is None else compare_catalogs(_load_cat(runs[label]["out"]), ref)[1])
+            "n/a" if ref is None else compare_catalogs(_load_cat(runs[label]["out"]), ref, "deg")[1])
         print(f"| {label} | {r['detector']} | {r['char']} | {r['n_tiles']} | {r['n']} | "
               f"{r['wall']:.1f} | {r['startup']:.1f} | {_row_mem(r)} | {tm} | {desc} |")
     if workers:

@@ -70,22 +70,38 @@ class FitsSection:
         return f"FitsSection({self.path!r}, hdu={self.index}, shape={self.shape}, {what})"
 
 
-def _image_hdus(hdul):
-    from astro_asid.instruments.optical import OPTICAL_MASK_EXTENSIONS
-
-    sci, masks = [], []
-    for i, h in enumerate(hdul):
-        if not getattr(h, "is_image", False) or h.header.get("NAXIS", 0) != 2:
-            continue
-        if (h.name or "").upper() in OPTICAL_MASK_EXTENSIONS:
-            masks.append((i, h))
-        else:
-            sci.append((i, h))
-    return sci, masks
+def _is_2d_image(h):
+    return getattr(h, "is_image", False) and h.header.get("NAXIS", 0) == 2
 
 
 def _shape(h):
     return (int(h.header["NAXIS2"]), int(h.header["NAXIS1"]))
+
+
+def _science_hdu(hdul, hdu=None):
+    """``(index, hdu)`` of the image `lazy_fits` reads: ``hdu``, or the first 2-D image
+    HDU that is not a bad-pixel extension (as
+    `~astro_asid.instruments.optical.read_optical`); ValueError when there is none."""
+    from astro_asid.instruments.optical import OPTICAL_MASK_EXTENSIONS
+
+    if hdu is not None:
+        if not _is_2d_image(hdul[hdu]):
+            raise ValueError(f"HDU {hdu!r} is not a 2-D image")
+        return hdul.index_of(hdu), hdul[hdu]
+    for i, h in enumerate(hdul):
+        if _is_2d_image(h) and (h.name or "").upper() not in OPTICAL_MASK_EXTENSIONS:
+            return i, h
+    raise ValueError("the FITS file has no 2-D image HDU with data")
+
+
+def _mask_hdu(hdul):
+    """``(index, hdu)`` of the first bad-pixel extension, or None."""
+    from astro_asid.instruments.optical import OPTICAL_MASK_EXTENSIONS
+
+    for i, h in enumerate(hdul):
+        if _is_2d_image(h) and (h.name or "").upper() in OPTICAL_MASK_EXTENSIONS:
+            return i, h
+    return None
 
 
 def fits_image_pixels(path, hdu=None):
@@ -95,16 +111,7 @@ def fits_image_pixels(path, hdu=None):
 
     try:
         with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-            if hdu is not None:
-                h = hdul[hdu]
-                if not getattr(h, "is_image", False) or h.header.get("NAXIS", 0) != 2:
-                    return None
-                ny, nx = _shape(h)
-                return ny * nx
-            sci, _ = _image_hdus(hdul)
-            if not sci:
-                return None
-            ny, nx = _shape(sci[0][1])
+            ny, nx = _shape(_science_hdu(hdul, hdu)[1])
             return ny * nx
     except (OSError, KeyError, IndexError, ValueError):
         return None
@@ -147,21 +154,16 @@ def lazy_fits(path, hdu=None, chunks=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such FITS file: {path}")
     with fits.open(path, memmap=True, lazy_load_hdus=True) as hdul:
-        sci, masks = _image_hdus(hdul)
-        if hdu is None:
-            if not sci:
-                raise ValueError(f"{path}: the FITS file has no 2-D image HDU with data")
-            index, h = sci[0]
-        else:
-            h = hdul[hdu]
-            index = hdul.index_of(hdu) if not isinstance(hdu, int) else int(hdu)
-            if not getattr(h, "is_image", False) or h.header.get("NAXIS", 0) != 2:
-                raise ValueError(f"{path}: HDU {hdu!r} is not a 2-D image")
+        try:
+            index, h = _science_hdu(hdul, hdu)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
         shape = _shape(h)
         header = h.header.copy()
         mask_src = None
-        if masks:
-            m_index, m = masks[0]
+        found = _mask_hdu(hdul)
+        if found is not None:
+            m_index, m = found
             if _shape(m) == shape:
                 mask_src = FitsSection(path, m_index, shape, mask=True)
             else:
