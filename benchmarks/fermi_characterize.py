@@ -23,13 +23,14 @@ Usage::
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 from astropy.table import Table, vstack
 
-from astro_asid.characterize import metrics, shipped_characterizer
+from astro_asid.characterize import metrics, report, shipped_characterizer
 from astro_asid.characterize.data import INSTRUMENTS
-from astro_asid.characterize.train import _load_or_simulate, evaluate
+from astro_asid.characterize.train import _injected, _load_or_simulate, evaluate
 from astro_asid import get_detector
 
 SNR_BINS = (0, 5, 10, 20, np.inf)
@@ -39,7 +40,7 @@ def _fmt(v, f=".3f"):
     return "n/a" if v is None or not np.isfinite(v) else format(v, f)
 
 
-def simulated(char, n_test, seed, cache, nominal):
+def simulated(char, n_test, seed, cache, nominal, plots=None):
     spec = INSTRUMENTS["fermi-lat"]
     kw = dict(exposure_range=(1, 1), background_range=(1, 1)) if nominal else {}
     name = "test-nominal" if nominal else "test"
@@ -49,23 +50,8 @@ def simulated(char, n_test, seed, cache, nominal):
     print(f"\n## Simulated test skies ({name}: {n_test} patches, seed {seed}; "
           f"{ev['n_test']} candidates, {ev['n_real']} real)")
     o = ev["overall"]
-    for key, label in (("calibration_table", "true"), ("calibration_table_measured", "measured")):
-        print(f"\n| {label} log10 F1000 bin | n | in 1-sigma (0.39) | in 95% (0.95) | "
-              "flux z mean | flux z std | sigma log10 F (pred.) | rms error (dex) | "
-              "median pos. err (px) |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for r in ev[key]:
-            if r["n"] >= 50:
-                print(f"| {r['lo']:.2f}..{r['hi']:.2f} | {r['n']} | {_fmt(r['cov1'])} | "
-                      f"{_fmt(r['cov95'])} | {_fmt(r['z_mean'], '+.2f')} | "
-                      f"{_fmt(r['z_std'], '.2f')} | {_fmt(r['sigma_median'])} | "
-                      f"{_fmt(r['rms_error'])} | {_fmt(r['pos_err_median'], '.2f')} |")
-        print(f"| all | {ev['n_real']} | {o['cov1']:.3f} | {o['cov95']:.3f} | "
-              f"{o['flux_z_mean']:+.2f} | {o['flux_z_std']:.2f} | | | |")
-        w = ev["worst" if label == "true" else "worst_measured"]
-        print(f"\nRange over {label}-flux bins with >= 50 sources: 1-sigma "
-              f"{w['cov1'][0]:.3f}..{w['cov1'][1]:.3f}, 95% {w['cov95'][0]:.3f}.."
-              f"{w['cov95'][1]:.3f}, flux z std {w['z_std'][0]:.2f}..{w['z_std'][1]:.2f}")
+    for measured in (False, True):
+        print("\n" + report.calibration_markdown(ev, measured=measured, flux_label="log10 F1000"))
     print(f"Median position error {o['median_pos_err_px']:.3f} px; median |dlog10 F| "
           f"{o['median_abs_dlog10_flux']:.3f} dex")
     s = ev["source"]
@@ -87,18 +73,44 @@ def simulated(char, n_test, seed, cache, nominal):
               + f" | {_fmt(bal)} | {cm} |")
     # precision / recall among candidates (recall relative to the detected real ones)
     real = test["real"].astype(bool)
+    rankings = {"detector score": test["score"], "source_prob": res["source_prob"],
+                "cutout-only classifier": res["source_prob_cutout"]}
     print("\n| ranking | P at R 0.5 | R at P 0.9 | R at P 0.97 |")
     print("|---|---|---|---|")
-    for name_, key in (("detector score", test["score"]), ("source_prob", res["source_prob"]),
-                       ("cutout-only classifier", res["source_prob_cutout"])):
+    curves = {}
+    for name_, key in rankings.items():
         o_ = np.argsort(-key, kind="stable")
         tp = np.cumsum(real[o_])
         prec = tp / np.arange(1, len(o_) + 1)
         rec = tp / real.sum()
+        curves[name_] = (rec, prec)
         r90 = rec[prec >= 0.9].max() if (prec >= 0.9).any() else 0.0
         r97 = rec[prec >= 0.97].max() if (prec >= 0.97).any() else 0.0
         p50 = prec[np.searchsorted(rec, 0.5)]
         print(f"| {name_} | {p50:.3f} | {r90:.3f} | {r97:.3f} |")
+    # the whole curve: the cut swept over [0, 1)
+    cuts = np.round(np.arange(0.0, 1.0, 0.05), 2)
+    pr = {k: metrics.precision_recall_table(rankings[k], real, cuts)
+          for k in ("source_prob", "cutout-only classifier")}
+    print(f"\nPrecision / recall after the cut `>= threshold` ({real.sum()} real among "
+          f"{len(real)} candidates; recall of the detected real sources):\n")
+    print(report.precision_recall_markdown(pr))
+    # reliability diagrams: source_prob on the detector's candidates, and each class
+    # probability against the rest under balanced priors (as it is calibrated)
+    det = ~_injected(test)
+    w = (1.0 / np.bincount(lab, minlength=3).clip(1))[lab]
+    rel = {"source_prob": metrics.reliability_table(res["source_prob"][det], real[det])}
+    for k, cname in enumerate(c["names"]):
+        rel[f"class_prob {cname} (balanced)"] = metrics.reliability_table(
+            res["class_prob"][:, k], lab == k, weights=w)
+    print("\nReliability (10 bins of predicted probability):\n")
+    print(report.reliability_markdown(rel))
+    if plots:
+        plots.mkdir(parents=True, exist_ok=True)
+        report.plot_reliability(rel, plots / f"reliability-{name}.png",
+                                title=f"Fermi-LAT characteriser, {name} set")
+        report.plot_precision_recall(curves, plots / f"precision-recall-{name}.png",
+                                     title=f"Candidates of the {name} set")
     return ev
 
 
@@ -198,6 +210,7 @@ def main(argv=None):
     p.add_argument("--cache", default=None, help="folder of cached simulated sets")
     p.add_argument("--skip-simulated", action="store_true")
     p.add_argument("--skip-challenge", action="store_true")
+    p.add_argument("--plots", default=None, help="folder for reliability and P/R plots")
     a = p.parse_args(argv)
     char = shipped_characterizer("fermi-lat")
     if char is None:
@@ -207,8 +220,9 @@ def main(argv=None):
     if not a.skip_simulated:
         # the training command's own test set (seed 103: random exposure and background)
         # and a nominal-sky test set (challenge exposure and background)
-        simulated(char, a.n_test, 103, a.cache, nominal=False)
-        simulated(char, a.n_test, a.test_seed, a.cache, nominal=True)
+        plots = Path(a.plots) if a.plots else None
+        simulated(char, a.n_test, 103, a.cache, nominal=False, plots=plots)
+        simulated(char, a.n_test, a.test_seed, a.cache, nominal=True, plots=plots)
     if not a.skip_challenge:
         challenge(char, list(range(a.seeds)))
 

@@ -331,3 +331,71 @@ def test_simulated_candidate_sets_in_parts(tmp_path):
     assert np.all(d["cls"][~real] == 2)
     again = _load_or_simulate(tmp_path, "train", 4, "fermi-lat", 7, lambda *a: None, workers=2)
     np.testing.assert_array_equal(again["cutouts"], d["cutouts"])
+
+
+@pytest.mark.skipif(shipped_characterizer("ctao") is None, reason="no CTAO characteriser shipped")
+def test_ctao_fluxes_follow_the_dataset_exposure():
+    """The CTAO card knows the simulation's exposure, so a dataset's exposure rescales fluxes."""
+    pytest.importorskip("gammapy")
+    from astro_asid.instruments.ctao import dataset_to_sky_image
+    from astro_asid.simulate.ctao import (CTAO_LIVETIME_H, CTAOResponse, CTAOSkySimulator,
+                                          to_gammapy_dataset)
+    char = shipped_characterizer("ctao")
+    nominal = np.asarray(char.card["flux"]["nominal_exposure"])
+    np.testing.assert_allclose(nominal, CTAOResponse().band_centre_exposure(
+        CTAO_LIVETIME_H * 3600.0), rtol=1e-9)
+    b = CTAOSkySimulator(seed=7, npix=128).sample_patches(1, livetime_h=2 * CTAO_LIVETIME_H)
+    sky = dataset_to_sky_image(to_gammapy_dataset(b, 0))
+    # the simulated dataset's exposure, reduced as the adapter does, is twice the nominal one
+    ratio = np.median(sky.exposure.reshape(3, -1), axis=1) / nominal
+    np.testing.assert_allclose(ratio, 2.0, rtol=0.02)
+    cands = _cands([40.0, 80.0], [60.0, 30.0])
+    with_exp = char.characterize(sky, cands)
+    without = char.characterize(sky.copy(exposure=None), cands)
+    assert "flux_exposure" in without.meta and "flux_exposure" not in with_exp.meta
+    scale = char.exposure_scale(sky, cands["x_centroid"], cands["y_centroid"])
+    np.testing.assert_allclose(with_exp["flux"].value, without["flux"].value / scale, rtol=1e-6)
+    np.testing.assert_allclose(scale, 2.0, rtol=0.02)
+
+
+def test_reliability_and_precision_recall_tables():
+    from astro_asid.characterize.metrics import precision_recall_table, reliability_table
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 1, 20000)
+    # calibrated by construction: the event happens with probability p
+    rows = reliability_table(p, rng.uniform(0, 1, p.size) < p, n_bins=10)
+    assert len(rows) == 10 and sum(r["n"] for r in rows) == p.size
+    for r in rows:
+        assert r["lo"] <= r["mean_prob"] < r["hi"]
+        assert abs(r["frac"] - r["mean_prob"]) < 4 * r["frac_err"] + 1e-9
+    # an overconfident probability is caught
+    rows = reliability_table(p, rng.uniform(0, 1, p.size) < 0.5 + 0.5 * (p - 0.5), n_bins=5)
+    assert rows[-1]["frac"] < rows[-1]["mean_prob"] - 0.05
+    # weights: balanced evaluation of a rare class
+    lab = np.r_[np.ones(100, bool), np.zeros(900, bool)]
+    rows = reliability_table(np.full(1000, 0.5), lab, n_bins=2,
+                             weights=np.where(lab, 9.0, 1.0))
+    assert rows[0]["frac"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="same length"):
+        reliability_table(p, p[:-1] > 0.5)
+    score = np.array([0.9, 0.8, 0.7, 0.2])
+    real = np.array([True, False, True, True])
+    pr = precision_recall_table(score, real, [0.0, 0.75, 0.95], n_real=4)
+    assert [r["n"] for r in pr] == [4, 2, 0]
+    assert pr[0]["precision"] == 0.75 and pr[0]["recall"] == 0.75
+    assert pr[1]["precision"] == 0.5 and pr[1]["recall"] == 0.25
+    assert np.isnan(pr[2]["precision"]) and pr[2]["recall"] == 0.0
+
+
+def test_temperature_and_bias_fit_undo_balanced_training():
+    from astro_asid.characterize.train import _fit_temperature_bias
+    rng = np.random.default_rng(4)
+    # true logits with a rare class 1; the "network" adds +1.5 to class 1 (as class
+    # weights would) and is twice too confident
+    true = rng.normal(0, 2, (20000, 2)) + np.array([1.0, -1.0])
+    prob = np.exp(true) / np.exp(true).sum(1, keepdims=True)
+    lab = (rng.uniform(size=len(prob)) < prob[:, 1]).astype(int)
+    shown = 2.0 * (true + np.array([0.0, 1.5]))
+    t, bias = _fit_temperature_bias(shown, lab)
+    assert t == pytest.approx(2.0, rel=0.05)
+    assert bias[0] == 0.0 and bias[1] - (-1.5) == pytest.approx(0.0, abs=0.1)

@@ -135,6 +135,30 @@ def test_features(dr2, dr4):
         FeatureConfig(extras=("redshift",))
 
 
+@needs_catalogs
+def test_catalog_extras(dr2, dr4):
+    """The spectral-shape extras: plain values, logs, and DR3-only columns."""
+    names = ("pl_index", "frac_variability", "pivot", "epeak", "plec")
+    f = extract_features(dr4, FeatureConfig(extras=names).resolve(dr4))["extras"]
+    assert f.shape == (len(dr4), 6)
+
+    def col(name):
+        c = dr4[name]
+        return np.asarray(c.filled(np.nan) if hasattr(c, "filled") else c, float)
+
+    assert np.allclose(f[:, 0], col("PL_Index"), equal_nan=True)
+    assert np.allclose(f[:, 2], np.log10(np.asarray(dr4["Pivot_Energy"], float)), atol=1e-5)
+    epeak = col("LP_EPeak")
+    # No nuFnu peak (NaN in the catalog) stays NaN for the scaler to impute, not -inf.
+    assert np.array_equal(np.isnan(f[:, 3]), np.isnan(epeak))
+    assert np.allclose(f[:, 3], np.log10(epeak), equal_nan=True, atol=1e-5)
+    assert np.allclose(f[:, 4:], np.stack([col("PLEC_IndexS"), col("PLEC_ExpfactorS")], 1),
+                       equal_nan=True)
+    # DR1/DR2 have no LP_EPeak: the error names the column.
+    with pytest.raises(ValueError, match="LP_EPeak"):
+        extract_features(dr2, FeatureConfig(extras=("epeak",)))
+
+
 # --------------------------------------------------------------- metrics and SMOTE
 def test_ece():
     rng = np.random.default_rng(1)

@@ -3,7 +3,8 @@
 import numpy as np
 
 __all__ = ["ellipse_coverage", "zscore_stats", "expected_calibration_error",
-           "balanced_completeness", "confusion_matrix", "calibration_table"]
+           "balanced_completeness", "confusion_matrix", "calibration_table",
+           "reliability_table", "precision_recall_table"]
 
 #: chi-square (2 dof) radius^2 of the 1-sigma and 95 % ellipses, and their coverage
 R2_1SIGMA = 1.0
@@ -108,4 +109,85 @@ def calibration_table(log10_flux_true, ex, ey, sx, sy, log10_flux_pred, sigma_lo
                          pos_err_median=float(np.median(np.hypot(ex[m], ey[m])))
                          if m.any() else np.nan,
                          ok=bool(m.sum() >= min_count)))
+    return rows
+
+
+def reliability_table(prob, label, n_bins=10, weights=None):
+    """The numbers of a reliability diagram of one probability.
+
+    Parameters
+    ----------
+    prob : `~numpy.ndarray`
+        ``(n,)`` predicted probabilities that the event is true (e.g.
+        ``source_prob``, or one column of ``class_prob``: one class against
+        the rest).
+    label : `~numpy.ndarray`
+        ``(n,)`` bool or 0/1: whether it is.
+    n_bins : int
+        Equal-width bins of ``prob`` in [0, 1].
+    weights : `~numpy.ndarray`, optional
+        Per-example weights, e.g. inverse class frequencies to evaluate a
+        probability calibrated under balanced class priors.
+
+    Returns
+    -------
+    list of dict
+        One per non-empty bin: ``lo``, ``hi``, ``n``, ``mean_prob`` (mean
+        prediction), ``frac`` (weighted fraction of true events) and
+        ``frac_err`` (its binomial standard error from the effective number
+        of examples ``n_eff``, at least ``0.5 / n_eff``). A calibrated probability has ``frac`` = ``mean_prob``
+        within ``frac_err``.
+    """
+    prob = np.asarray(prob, float)
+    label = np.asarray(label, float)
+    if prob.shape != label.shape or prob.ndim != 1:
+        raise ValueError(f"prob and label must be 1-D of the same length, got {prob.shape} "
+                         f"and {label.shape}")
+    w = np.ones(len(prob)) if weights is None else np.asarray(weights, float)
+    edges = np.linspace(0.0, 1.0, int(n_bins) + 1)
+    idx = np.clip(np.digitize(prob, edges) - 1, 0, int(n_bins) - 1)
+    rows = []
+    for b in range(int(n_bins)):
+        m = idx == b
+        if not m.any():
+            continue
+        wb = w[m]
+        frac = float(np.average(label[m], weights=wb))
+        n_eff = wb.sum() ** 2 / np.sum(wb ** 2)
+        rows.append(dict(lo=float(edges[b]), hi=float(edges[b + 1]), n=int(m.sum()),
+                         mean_prob=float(np.average(prob[m], weights=wb)), frac=frac,
+                         frac_err=float(np.sqrt(max(frac * (1 - frac), 0.25 / n_eff) / n_eff))))
+    return rows
+
+
+def precision_recall_table(score, real, thresholds, n_real=None):
+    """Precision and recall of the candidates above each threshold of a score.
+
+    Parameters
+    ----------
+    score : `~numpy.ndarray`
+        ``(n,)`` ranking value of each candidate (e.g. ``source_prob``).
+    real : `~numpy.ndarray`
+        ``(n,)`` bool: the candidate is a true source.
+    thresholds : sequence of float
+        Cuts ``score >= t``.
+    n_real : int, optional
+        Recall denominator (default: the true candidates, ``real.sum()``; pass
+        the number of true sources to include those never detected).
+
+    Returns
+    -------
+    list of dict
+        ``threshold``, ``n`` (kept), ``precision``, ``recall``.
+    """
+    score = np.asarray(score, float)
+    real = np.asarray(real, bool)
+    n_real = int(real.sum()) if n_real is None else int(n_real)
+    rows = []
+    for t in thresholds:
+        keep = score >= t
+        n = int(keep.sum())
+        tp = int(real[keep].sum())
+        rows.append(dict(threshold=float(t), n=n, precision=tp / n if n else np.nan,
+                         recall=tp / n_real if n_real else np.nan))
     return rows

@@ -179,15 +179,18 @@ class Characterizer:
         return {k: np.stack(v) for k, v in out.items()}
 
     def aperture_features(self, inputs):
-        """log1p of the counts (asinh of the S/N sums for ``"snr"`` inputs) within 1.5,
-        3 and 5 pixels of the cutout centre, per band (first cutout scale), from the
-        network input; ``(n, 3 * n_bands)``."""
+        """log1p of the counts (asinh of the signed sums for ``"snr"`` and
+        ``"significance"`` inputs) within 1.5, 3 and 5 pixels of the cutout centre,
+        per band (first cutout scale), from the network input; ``(n, 3 * n_bands)``."""
         nb = int(self.card.get("n_bands", 1))
         planes = np.asarray(inputs[:, :nb], np.float32)
         mode = self.card.get("input", "log1p")
         if mode == "snr":
             # signal-to-noise sums are signed: asinh instead of log1p
             values, squash = 2.0 * np.sinh(planes), np.arcsinh
+        elif mode == "significance":
+            # asinh((c - m) / sqrt(m + 1)): signed as well
+            values, squash = np.sinh(planes), np.arcsinh
         else:
             values, squash = (np.expm1(planes) if mode == "log1p" else planes), np.log1p
         size = planes.shape[-1]
@@ -271,7 +274,10 @@ class Characterizer:
             res["extension"] = np.clip(mu, 0, None)
             res["extension_err"] = sd
         if "ext_cls" in raw:
-            res["ext_prob"] = _softmax(raw["ext_cls"].mean(0) / temps.get("ext_cls", 1.0))
+            # offsets fitted with the temperature (calibration["ext_cls_bias"]) turn the
+            # balanced training into the survey's mix of point and extended sources
+            bias = np.asarray(cal.get("ext_cls_bias", 0.0), float)
+            res["ext_prob"] = _softmax(raw["ext_cls"].mean(0) / temps.get("ext_cls", 1.0) + bias)
         return res
 
     def predict(self, data, x, y, mask=None, calibrated=True, score=None):

@@ -222,6 +222,23 @@ def _fit_temperature(logits, labels, weights=None, binary=False):
     return float(best_t)
 
 
+def _fit_temperature_bias(logits, labels):
+    """Temperature ``t`` and logit offsets ``b`` (``b[0] = 0``) minimising the log
+    loss of ``softmax(logits / t + b)``; returns ``(t, list(b))``."""
+    from scipy.optimize import minimize
+
+    k = logits.shape[1]
+
+    def nll(p):
+        z = logits / np.exp(p[0]) + np.r_[0.0, p[1:]]
+        z = z - z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), labels]))
+
+    best = minimize(nll, np.zeros(k), method="Nelder-Mead",
+                    options={"xatol": 1e-4, "fatol": 1e-7, "maxiter": 4000})
+    return float(np.exp(best.x[0])), [0.0] + [float(v) for v in best.x[1:]]
+
+
 def _bin_edges(predictor, width=0.25, min_count=150):
     """Edges of ``width``-wide bins of ``predictor``, neighbours merged until each
     bin holds at least ``min_count`` values."""
@@ -329,9 +346,14 @@ def fit_calibration(char, cal, spec):
         ze = (cal["extension"][real] - res["extension"][real]) / res["extension_err"][real]
         c, s = _binned_scales(bright, lambda m: np.sqrt(np.mean(ze[m] ** 2)))
         calib["extension"] = {"centres": c, "scales": s}
+        # The head was trained with (square-root) balanced class weights; a temperature
+        # and per-class logit offsets fitted without weights make extension_prob the
+        # probability under the survey's own mix of point and extended sources (and its
+        # argmax the most accurate class).
         lab = np.digitize(cal["extension"][real], spec["ext_edges_deg"])
-        w = (1.0 / np.sqrt(np.bincount(lab, minlength=3).clip(1)))[lab]
-        calib["temperature"]["ext_cls"] = _fit_temperature(raw["ext_cls"].mean(0)[real], lab, w)
+        t, bias = _fit_temperature_bias(raw["ext_cls"].mean(0)[real], lab)
+        calib["temperature"]["ext_cls"] = t
+        calib["ext_cls_bias"] = bias
     char.card["calibration"] = calib
     return calib
 
@@ -347,6 +369,22 @@ def flux_bins(log10_flux, width=0.25):
 def _extremes(rows):
     return {k: [min(r[k] for r in rows), max(r[k] for r in rows)] if rows else None
             for k in ("cov1", "cov95", "z_std")}
+
+
+def ctao_flux_exposure():
+    """The CTAO card's exposure keys: the training simulation's exposure per band.
+
+    With them, `Characterizer.characterize` rescales fluxes by a dataset's
+    exposure (`~astro_asid.SkyImage.exposure`, per band at the band centres)
+    relative to the simulation's (CTAO prod3b South, 20 h, no off-axis loss).
+    """
+    from astro_asid.simulate.ctao import CTAO_LIVETIME_H, CTAOResponse
+
+    livetime_h = CTAO_LIVETIME_H
+    exposure = CTAOResponse().band_centre_exposure(livetime_h * 3600.0)
+    return {"nominal_exposure": [float(v) for v in exposure], "exposure_unit": "cm2 s",
+            "nominal_exposure_note": (f"no exposure given: fluxes assume the simulation's "
+                                      f"exposure ({livetime_h:g} h, CTA prod3b South)")}
 
 
 def evaluate(char, test, spec, min_count=50):
@@ -550,8 +588,7 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
     if instrument == "ctao":
         from astro_asid.simulate.ctao import CTAO_PIXEL_DEG
         card["pixel_scale_deg"] = CTAO_PIXEL_DEG
-        card["flux"]["nominal_exposure_note"] = (
-            "fluxes assume the simulation's exposure (20 h, CTA prod3b South)")
+        card["flux"].update(ctao_flux_exposure())
     if instrument == "optical":
         card["flux"]["unit"] = "image units"
         card["flux"]["note"] = ("log10 flux is predicted in units of the local noise and "

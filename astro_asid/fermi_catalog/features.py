@@ -14,7 +14,13 @@ quantities rather than hand-made features:
   (F - mean) / error, a per-year variability significance.
 * ``extras`` (optional, a third branch): any of ``"glat"`` (sin |b|),
   ``"curvature"`` (sqrt of ``LP_SigCurv``), ``"variability"`` (log10 of
-  ``Variability_Index``) and ``"index"`` (``LP_Index`` and ``LP_beta``).
+  ``Variability_Index``), ``"index"`` (``LP_Index`` and ``LP_beta``),
+  ``"pl_index"`` (``PL_Index``), ``"frac_variability"`` (``Frac_Variability``),
+  ``"pivot"`` (log10 of ``Pivot_Energy``), and, from DR3 on only,
+  ``"epeak"`` (log10 of the log-parabola peak energy ``LP_EPeak``, NaN where
+  the SED has no peak) and ``"plec"`` (``PLEC_IndexS`` and
+  ``PLEC_ExpfactorS``, the pulsar-like spectrum's slope and curvature at the
+  pivot energy).
 
 Releases differ in shape: a model trained on 7 bands applied to an 8-band
 release (DR3, DR4) gets the last two bands merged (fluxes summed, errors in
@@ -31,10 +37,13 @@ __all__ = ["TASKS", "Task", "FeatureConfig", "task_labels", "candidate_mask",
            "extract_features", "flatten_features", "EXTRAS"]
 
 #: Optional extra features (name -> number of values).
-EXTRAS = {"glat": 1, "curvature": 1, "variability": 1, "index": 2}
+EXTRAS = {"glat": 1, "curvature": 1, "variability": 1, "index": 2, "pl_index": 1,
+          "frac_variability": 1, "pivot": 1, "epeak": 1, "plec": 2}
 
 _EXTRA_COLUMNS = {"glat": "GLAT", "curvature": "LP_SigCurv", "variability": "Variability_Index",
-                  "index": ("LP_Index", "LP_beta")}
+                  "index": ("LP_Index", "LP_beta"), "pl_index": "PL_Index",
+                  "frac_variability": "Frac_Variability", "pivot": "Pivot_Energy",
+                  "epeak": "LP_EPeak", "plec": ("PLEC_IndexS", "PLEC_ExpfactorS")}
 
 _AGN = ("fsrq", "bll", "bcu", "css", "rdg", "nlsy1", "agn", "ssrq", "sey")
 
@@ -304,9 +313,15 @@ def extract_features(table, config):
                 cols.append(np.sqrt(np.clip(_plain(table["LP_SigCurv"]), 0, None)))
             elif name == "variability":
                 cols.append(_safe_log10(_plain(table["Variability_Index"]), 1e-2))
-            elif name == "index":
-                cols.append(_plain(table["LP_Index"]))
-                cols.append(_plain(table["LP_beta"]))
+            elif name == "pivot":
+                cols.append(_safe_log10(_plain(table["Pivot_Energy"]), 1.0))
+            elif name == "epeak":
+                # LP_EPeak is NaN when the log-parabola has no peak in nuFnu (beta <= 0).
+                cols.append(_safe_log10(_plain(table["LP_EPeak"]), 1e-3))
+            else:  # one or two plain catalog values
+                names = _EXTRA_COLUMNS[name]
+                for col in (names if isinstance(names, tuple) else (names,)):
+                    cols.append(_plain(table[col]))
         out["extras"] = np.stack(cols, axis=1).astype(np.float32)
     return out
 

@@ -110,12 +110,15 @@ from .fermi import _PatchBatchBase
 
 __all__ = ["CTAOSkySimulator", "CTAOPatchBatch", "CTAOResponse", "to_gammapy_dataset",
            "render_gaussian_sources", "patch_wcs", "extension_class", "CTAO_ENERGY_EDGES_TEV",
-           "CTAO_PIXEL_DEG", "CTAO_GPS_CENTRE", "GAMMAPY_CTAO_AEFF_PARS", "CRAB_FLUX_1TEV"]
+           "CTAO_PIXEL_DEG", "CTAO_LIVETIME_H", "CTAO_GPS_CENTRE", "GAMMAPY_CTAO_AEFF_PARS",
+           "CRAB_FLUX_1TEV"]
 
 #: Reconstructed-energy band edges (TeV), the slides' three log bins.
 CTAO_ENERGY_EDGES_TEV = np.array([0.07, 0.788, 8.88, 100.0])
 #: Pixel size (deg).
 CTAO_PIXEL_DEG = 0.02
+#: Default livetime per patch (hours; about the inner-Galaxy GPS depth).
+CTAO_LIVETIME_H = 20.0
 #: Default patch centre (l, b), deg: the slides' region of interest.
 CTAO_GPS_CENTRE = (15.12, 0.0)
 #: gammapy 2.1 ``EffectiveAreaTable2D.from_parametrization(instrument="CTAO")``:
@@ -265,6 +268,17 @@ class CTAOResponse:
         e = self._grid[None]                                  # (1, 3, n)
         f = e ** -index[:, None, None] * self._aeff_grid[None]
         return _integrate_loge(f, e)
+
+    def band_centre_exposure(self, livetime_s):
+        """Exposure (cm2 s) at the band centres, ``Aeff(sqrt(E_lo E_hi)) * livetime``:
+        ``(n_bands,)``.
+
+        This is how `~astro_asid.instruments.ctao.map_to_sky_image` reduces a
+        gammapy exposure map to one value per band, so the ratio of a
+        dataset's exposure to this one is the factor between their counts.
+        """
+        centres = np.sqrt(self.energy_edges[:-1] * self.energy_edges[1:])
+        return self.aeff(centres) * float(livetime_s)
 
     def band_counts(self, flux_1tev, index, livetime_s):
         """Expected counts per band of power-law sources: ``(n_src, 3)``.
@@ -543,7 +557,7 @@ class CTAOSkySimulator:
     (2, 3, 64, 64)
     """
 
-    def __init__(self, seed=0, npix=512, livetime_h=20.0, lon=CTAO_GPS_CENTRE[0],
+    def __init__(self, seed=0, npix=512, livetime_h=CTAO_LIVETIME_H, lon=CTAO_GPS_CENTRE[0],
                  lat=CTAO_GPS_CENTRE[1], random_centres=False, lon_range=(-30.0, 30.0),
                  lat_max=1.0, density=1.0, sources_per_deg2=None, lat_sigma_deg=1.0,
                  flux_range=(1.5e-14, 2e-11), logn_logs_slope=2.0, index_mean=2.2,
