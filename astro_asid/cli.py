@@ -142,14 +142,14 @@ def build_parser():
                    help="detector option, repeatable (e.g. -O nsigma=4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no table on stdout")
     p.add_argument("--workers", type=int, metavar="N",
-                   help="run the blocks of optical images on a local dask cluster of N "
-                        "processes (needs astro-asid[scale])")
+                   help="run the blocks, all-sky tiles or patches of each image on a local "
+                        "dask cluster of N processes (needs astro-asid[scale])")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="'serial' (default), 'processes' (a local dask cluster, see "
                         "--workers) or the address of a running dask scheduler "
                         "(tcp://host:port)")
     p.add_argument("--progress", action="store_true",
-                   help="show a progress bar over the blocks of each image")
+                   help="show a progress bar over the blocks, tiles or patches of each image")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--no-characterize", dest="characterize", action="store_const", const=False,
                    default=None, help="skip the characterisation (positions, fluxes, classes)")

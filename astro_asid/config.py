@@ -35,6 +35,18 @@ class Conf(_config.ConfigNamespace):
     auto_cluster_min_cpus = _config.ConfigItem(
         4, "Fewest CPUs for the automatic local cluster (on 2 CPUs a 2-worker cluster is "
            "slower than one process with 2 torch threads: benchmarks/throughput.py).")
+    patch_size = _config.ConfigItem(
+        1024, "Core size (pixels) of the patches that find_sources cuts an image into when it "
+              "runs a detector without blocks on a dask cluster or on an image larger than "
+              "patch_pixels (CTAO maps, classical detectors); each patch owns the sources of "
+              "its core.")
+    patch_overlap = _config.ConfigItem(
+        64, "Pixels added on each side of a patch's core (the context its detector sees) "
+            "when the detector declares no halo_pixels.")
+    patch_pixels = _config.ConfigItem(
+        4096 * 4096, "Images with more pixels than this run in patches even with no "
+                     "scheduler or workers (memory bounded by the patch); 0 never cuts an "
+                     "image that runs in this process.")
 
 
 conf = Conf()

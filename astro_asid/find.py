@@ -107,19 +107,27 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         columns stay masked unless the detector fills them); ``True``
         requires it; a weights path or an instance uses that model.
     scheduler : None, str or `distributed.Client`, optional
-        Where the blocks of an optical image (block-capable detectors such as
-        ``asid-optical``) or the tiles of an all-sky HEALPix map run (see
-        :doc:`/scale`): ``"serial"`` in this process; ``"processes"`` on a
-        local dask cluster of ``workers`` single-threaded processes, started
-        for this call; ``"tcp://host:port"`` or a ``Client``: an existing
-        cluster. None (default) is serial, except for optical images larger
-        than ``astro_asid.conf.auto_cluster_pixels`` on a machine with enough
-        CPUs, which get a local cluster. The catalog is the same whatever the
-        choice. Needs dask.distributed (``pip install 'astro-asid[scale]'``).
+        Where the independent tasks of the image run (see :doc:`/scale`): the
+        blocks of an optical image with a block-capable detector
+        (``asid-optical``), the tiles of an all-sky HEALPix map, or else the
+        *patches* of the image (any other detector: ``asid-ctao`` on a gammapy
+        map or dataset, ``tsmap``, ``peaks``, ``dao``...; cores of
+        ``astro_asid.conf.patch_size`` pixels, see
+        `~astro_asid.scale.patches.find_in_patches`). ``"serial"``: in this
+        process; ``"processes"``: on a local dask cluster of ``workers``
+        single-threaded processes, started for this call;
+        ``"tcp://host:port"`` or a ``Client``: an existing cluster. None
+        (default) is serial, except for optical images larger than
+        ``astro_asid.conf.auto_cluster_pixels`` with a block-capable detector
+        on a machine with enough CPUs, which get a local cluster. Images that
+        are not cut into blocks or tiles run whole, in one pass, when they run
+        in this process and have at most ``conf.patch_pixels`` pixels, and in
+        patches otherwise. The catalog does not depend on where the tasks run.
+        Needs dask.distributed (``pip install 'astro-asid[scale]'``).
     workers : int, optional
         Processes of the local cluster; alone, it implies ``scheduler="processes"``.
     progress : bool, optional
-        Show a progress bar over the blocks.
+        Show a progress bar over the blocks, tiles or patches.
     **options
         Passed to the detector's constructor.
 
@@ -135,11 +143,12 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
     ValueError, TypeError
         Bad input (see `~astro_asid.as_sky_image`), unknown detector names,
         negative/non-finite values for a detector that needs counts, or a
-        dask ``scheduler`` for an image that is not processed in blocks.
+        dask ``scheduler`` for the input of a plugin adapter that cannot run
+        on dask.
     ImportError
         A dask ``scheduler`` without dask.distributed installed.
     `~astro_asid.scale.SchedulerError`
-        The dask cluster could not be reached or lost a block for good.
+        The dask cluster could not be reached or lost a task for good.
     `~astro_asid.utils.exceptions.PluginError`
         The detector returned output that breaks the catalog schema; the
         message names the detector and the package it came from.
@@ -150,10 +159,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
 
     def serial_only(what):
         if not is_serial(plan):
-            raise ValueError(f"scheduler={scheduler!r}, workers={workers!r}: only optical "
-                             "images with a block-capable detector (asid-optical) run on "
-                             f"dask; {what} runs in this process (leave scheduler/workers "
-                             "unset)")
+            raise ValueError(f"scheduler={scheduler!r}, workers={workers!r}: {what} runs "
+                             "in this process (leave scheduler/workers unset)")
 
     if options.get("nside") is not None:
         # a bare (n_bands, npix) HEALPix array: only its nside says what it is
@@ -171,7 +178,8 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
                 # the adapter runs its own tiles as tasks (e.g. all-sky HEALPix maps)
                 options.update(scheduler=scheduler, workers=workers, progress=progress)
             else:
-                serial_only(f"an input of the {name!r} adapter")
+                serial_only(f"an input of the {name!r} adapter (it does not declare "
+                            "supports_scheduler)")
             return adapter.find_sources(image, wcs=wcs, detector=detector, mask=mask,
                                         instrument=instrument, energy_edges=energy_edges,
                                         characterize=characterize, **options)
@@ -217,10 +225,22 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
         if sky.background is None or sky.noise is None:
             from astro_asid.instruments.optical import prepare_optical
             sky = prepare_optical(sky)
-    serial_only(f"detector {det.name!r} (no blocks) or instrument {sky.instrument!r}")
     if det.needs_counts:
         sky.check_counts(f"detector {det.name!r}")
     where = f"detector {det.name!r} (from {origin})"
+    patch_limit = int(conf.patch_pixels)
+    if not is_serial(plan) or 0 < patch_limit < int(np.prod(sky.shape)):
+        # patches as tasks: on dask, or an image too large for one pass
+        from astro_asid.scale.patches import find_in_patches
+        from astro_asid.scale.scheduler import SchedulerError
+        try:
+            cands = find_in_patches(sky, det, characterize, origin_name=where,
+                                    scheduler=scheduler, workers=workers, progress=progress)
+        except (ValueError, TypeError, PluginError, SchedulerError):
+            raise
+        except Exception as exc:
+            raise PluginError(f"{where} failed: {type(exc).__name__}: {exc}") from exc
+        return _catalog(cands, sky, det, origin, where)
     try:
         raw = det.detect(sky)
     except (ValueError, TypeError):
@@ -251,7 +271,7 @@ def _catalog(cands, sky, det, origin, where):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
     meta.update(characterizer_meta(cands))
-    for key in ("n_blocks", "scheduler"):
+    for key in ("n_blocks", "n_patches", "patch_duplicates", "scheduler"):
         if key in cands.meta:
             meta[key] = cands.meta[key]
     cat = build_catalog(cands, sky, meta=meta)

@@ -51,8 +51,9 @@ def make_model(name, task, seed):
         return CatalogClassifier(seed=seed, **{**cfg, "uncertainty": "mc-dropout",
                                                "dropout": max(cfg.get("dropout", 0.1), 0.1)})
     if name == "gru":
+        # net_kwargs holds the dense network's layer sizes: the GRU keeps its defaults
         return CatalogClassifier(seed=seed, **{**cfg, "arch": "gru", "n_members": 3,
-                                               "lr": 5e-3})
+                                               "lr": 5e-3, "net_kwargs": None})
     if name in ("rf", "gbdt"):
         return BaselineClassifier(name, spectrum=cfg.get("spectrum", True),
                                   history=cfg.get("history", True), extras=cfg["extras"],

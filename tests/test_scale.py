@@ -189,10 +189,10 @@ def test_scheduler_option_errors(client, bright_image):
         check_scheduler(42)
     assert check_scheduler() == ("serial", None)
     assert check_scheduler(workers=3) == ("local", 3)
-    # images that are not processed in blocks stay in this process
+    # images that are not processed in blocks run in patches (astro_asid.scale.patches)
     data, wcs, _ = bright_image
-    with pytest.raises(ValueError, match="block-capable"):
-        find_sources(data, wcs, detector="peaks", scheduler=client)
+    cat = find_sources(data, wcs, detector="peaks", scheduler=client)
+    assert cat.meta["n_patches"] == 1 and len(cat) >= 5
     import dask
 
     with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \

@@ -216,6 +216,18 @@ class DeepDetector(Detector):
         """The model card (loads the weights on first use)."""
         return self._model()[1]
 
+    @property
+    def halo_pixels(self):
+        """How far (pixels) from a detection the input can change it: ``tile_size``.
+
+        A detection is read from the network output of the tile where it is
+        most central (at least ``overlap / 2`` from that tile's edge), and a
+        tile's input is normalised as a whole, so any pixel of that tile
+        counts; the decoders read a few pixels around the peak, within that
+        margin. `astro_asid.scale.patches` gives each patch this much context.
+        """
+        return self.tile_size
+
     def _calibration(self):
         cal = self.card.get("score_calibration", {}).get(self.name)
         return ScoreCalibration.from_dict(cal) if cal else None

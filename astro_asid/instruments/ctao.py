@@ -222,7 +222,8 @@ def _flux_from_counts(cat, image, spectral_index):
 
 def find_sources_gammapy(obj, detector=None, *, exposure=None, background=None,
                          psf_sigma_deg=None, mask=None, instrument="ctao", spectral_index=2.2,
-                         blas_threads=1, **options):
+                         blas_threads=1, scheduler=None, workers=None, progress=False,
+                         **options):
     """Find sources in a gammapy counts map or map dataset.
 
     Parameters
@@ -242,9 +243,19 @@ def find_sources_gammapy(obj, detector=None, *, exposure=None, background=None,
     spectral_index : float, optional
         Photon index used to turn counts into photon flux (with an exposure).
     blas_threads : int or None, optional
-        BLAS threads while detecting (see
+        BLAS threads while detecting in this process (see
         `~astro_asid.instruments.fermi.find_sources_healpix`); None leaves
         the setting alone.
+    scheduler : None, str or `distributed.Client`, optional
+        Where the patches of the map run (see `~astro_asid.find_sources` and
+        :doc:`/scale`): with a scheduler or ``workers``, or for maps of more
+        than ``astro_asid.conf.patch_pixels`` pixels, the map is cut into
+        patches that run as independent tasks; the catalog does not depend on
+        where they run.
+    workers : int, optional
+        Processes of a local dask cluster; alone, it implies ``scheduler="processes"``.
+    progress : bool, optional
+        Show a progress bar over the patches.
     **options
         Passed to the detector.
 
@@ -272,7 +283,8 @@ def find_sources_gammapy(obj, detector=None, *, exposure=None, background=None,
     if detector is None:
         detector = _default_detector(instrument, image)
     with _blas_limit(blas_threads):
-        cat = find_sources(image, detector=detector, **options)
+        cat = find_sources(image, detector=detector, scheduler=scheduler, workers=workers,
+                           progress=progress, **options)
     cat.meta["input"] = source
     return _flux_from_counts(cat, image, spectral_index)
 
@@ -475,6 +487,8 @@ class GammapyMapAdapter:
     """`~astro_asid.find_sources` adapter for gammapy WCS maps and map datasets."""
 
     name = "gammapy-map"
+    #: `find_sources` passes ``scheduler``, ``workers`` and ``progress`` on (patches as tasks)
+    supports_scheduler = True
 
     def accepts(self, obj):
         """True for a gammapy ``MapDataset`` or a WCS (not HEALPix) map."""

@@ -100,6 +100,26 @@ def _mutual_nearest(pairs, sep, tile):
     return keep
 
 
+def _resolve_duplicates(pairs, score, keep, merged_into):
+    """Pick one detection per group of duplicate ``pairs``, in place: best score first
+    (ties: lower index), then every detection linked to an accepted one is its duplicate
+    (``keep`` False, ``merged_into`` the best accepted neighbour)."""
+    neighbours = {}
+    for i, j in pairs.tolist():
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    involved = np.unique(pairs)
+    order = involved[np.lexsort((involved, -score[involved]))]
+    accepted = set()
+    for i in order.tolist():
+        owners = [j for j in neighbours[i] if j in accepted]
+        if owners:
+            keep[i] = False
+            merged_into[i] = max(owners, key=lambda j: (score[j], -j))
+        else:
+            accepted.add(i)
+
+
 def _suppress_close(lon, lat, score, keep, merged_into, min_separation):
     """Drop kept detections closer than ``min_separation`` to a better kept one (any tile)."""
     idx = np.flatnonzero(keep)
@@ -183,22 +203,7 @@ def merge_duplicates(lon, lat, score, tile, radius=0.3 * u.deg, min_separation=N
         mutual = _mutual_nearest(pairs, sep, tile)
         pairs = pairs[mutual]
     if len(pairs):
-        neighbours = [[] for _ in range(n)]
-        for i, j in pairs.tolist():
-            neighbours[i].append(j)
-            neighbours[j].append(i)
-        involved = np.unique(pairs)
-        # best score first (ties: lower index), then every detection linked to an
-        # accepted one is its duplicate
-        order = involved[np.lexsort((involved, -score[involved]))]
-        accepted = np.zeros(n, bool)
-        for i in order.tolist():
-            owners = [j for j in neighbours[i] if accepted[j]]
-            if owners:
-                keep[i] = False
-                merged_into[i] = max(owners, key=lambda j: (score[j], -j))
-            else:
-                accepted[i] = True
+        _resolve_duplicates(pairs, score, keep, merged_into)
     if min_separation is not None and n:
         _suppress_close(lon, lat, score, keep, merged_into, min_separation)
     n_merged = np.bincount(merged_into, minlength=n) * keep

@@ -84,8 +84,8 @@ def find_in_blocks(sky, detector, characterize=None, origin_name=None, scheduler
         catalog from; ``meta`` carries the characteriser's keys and
         ``meta["n_blocks"]``. The same table, bit for bit, whatever the scheduler.
     """
-    from astro_asid.scale.scheduler import (auto_workers, check_scheduler, is_serial, map_blocks,
-                                            open_client)
+    from astro_asid.scale.scheduler import (auto_workers, check_scheduler, describe_plan,
+                                            is_serial, map_blocks, open_client)
     from astro_asid.scale.spec import DetectorSpec, check_characterizer_spec
 
     if scheduler is None and workers is None:
@@ -124,17 +124,5 @@ def find_in_blocks(sky, detector, characterize=None, origin_name=None, scheduler
     tab = tab[order]
     tab.meta.update(meta)
     tab.meta["n_blocks"] = len(blocks)
-    tab.meta["scheduler"] = _describe(plan)
+    tab.meta["scheduler"] = describe_plan(plan)
     return tab
-
-
-def _describe(plan):
-    """How the blocks ran, for the catalog's meta."""
-    kind, value = plan
-    if kind == "serial":
-        return "serial"
-    if kind == "local":
-        return f"local dask cluster ({value or 'default'} workers)"
-    if kind == "address":
-        return f"dask scheduler {value}"
-    return f"dask client {value.scheduler.address}"

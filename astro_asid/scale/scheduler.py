@@ -14,7 +14,7 @@ import sys
 import uuid
 
 __all__ = ["SchedulerError", "auto_workers", "usable_cpus", "check_scheduler", "require_distributed", "open_client",
-           "map_blocks", "is_serial", "CRASH_ENV"]
+           "map_blocks", "is_serial", "describe_plan", "CRASH_ENV"]
 
 #: Test hook: ``"INDEX:PATH"`` makes the first worker attempt at block INDEX create the
 #: file PATH and kill its worker process (`os._exit`); only read inside dask workers.
@@ -63,7 +63,7 @@ def auto_workers(npix, device="cpu"):
             or device != "cpu":
         return None
     try:
-        import distributed  # noqa: F401
+        require_distributed()
     except ImportError:
         return None
     return cpus
@@ -72,6 +72,20 @@ def auto_workers(npix, device="cpu"):
 def is_serial(plan):
     """Whether the plan of `check_scheduler` runs in this process."""
     return plan[0] == "serial"
+
+
+def describe_plan(plan):
+    """How the tasks of a plan of `check_scheduler` ran, for a catalog's
+    ``meta["scheduler"]``: ``"serial"``, ``"local dask cluster (N workers)"``,
+    ``"dask scheduler ADDRESS"`` or ``"dask client ADDRESS"``."""
+    kind, value = plan
+    if kind == "serial":
+        return "serial"
+    if kind == "local":
+        return f"local dask cluster ({value or 'default'} workers)"
+    if kind == "address":
+        return f"dask scheduler {value}"
+    return f"dask client {value.scheduler.address}"
 
 
 def check_scheduler(scheduler=None, workers=None):
