@@ -35,7 +35,11 @@ Reported per detector: recall at precision 0.9 and its score threshold;
 S90, the ``flux_1tev`` (cm-2 s-1 above 1 TeV) above which completeness at that
 operating point is at least 0.9 in 0.25-dex bins (log-linear interpolation
 between the last bin below 0.9 and the next one; ``n/a`` when the brightest
-bin is below 0.9); the number of detections and the wall time per patch. The
+bin is below 0.9), and the same for the point-like sources alone (Gaussian
+sigma < 0.1 deg, class C0: wide extended sources of high flux but low surface
+brightness otherwise set S90 for every detector; stderr has the completeness
+per flux bin for all, point-like and extended sources); the number of
+detections and the wall time per patch. The
 precision/recall curve is printed (sampled) to stderr and written in full
 with ``--curves FILE.ecsv``.
 
@@ -162,7 +166,7 @@ def truth_table(batch):
                 "y": np.asarray(tab["y"], float),
                 "flux_1tev": u.Quantity(tab["flux_1tev"]).to_value("cm-2 s-1"),
                 "lat": np.asarray(tab["lat"], float), "inside": np.full(len(tab), inside),
-                "radius": np.maximum(0.1, 2 * psf_mid + sig)}))
+                "sigma_deg": sig, "radius": np.maximum(0.1, 2 * psf_mid + sig)}))
     return vstack(rows)
 
 
@@ -261,10 +265,16 @@ def evaluate(name, preds, truth, cdelt):
     curve = pr_curve(preds, tp, order, len(inside))
     recall, thr, n_pred = operating_point(curve)
     found = found_at < n_pred
-    centres, comp, n = completeness_vs_flux(np.asarray(inside["flux_1tev"]), found)
+    flux = np.asarray(inside["flux_1tev"])
+    centres, comp, n = completeness_vs_flux(flux, found)
+    # the same operating point, point-like (C0, sigma < 0.1 deg) and extended sources apart
+    point = np.asarray(inside["sigma_deg"]) < 0.1
+    _, comp_pt, n_pt = completeness_vs_flux(flux[point], found[point])
+    _, comp_ext, n_ext = completeness_vs_flux(flux[~point], found[~point])
     return dict(name=name, curve=curve, recall=recall, threshold=thr, n_pred=n_pred,
                 s90=s90(centres, comp), flux_centres=centres, completeness=comp, n_bin=n,
-                n_det=len(order))
+                s90_point=s90(centres, comp_pt), completeness_point=comp_pt, n_point=n_pt,
+                completeness_extended=comp_ext, n_extended=n_ext, n_det=len(order))
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -286,10 +296,15 @@ def print_curve(res, file=sys.stderr):
         j = np.flatnonzero(thr >= t)[-1]           # the loosest threshold >= t
         print(f"#   score >= {t:5.2f}  precision {c['precision'][j]:.3f}  "
               f"recall {c['recall'][j]:.3f}  (n={c['n_pred'][j]})", file=file)
-    print(f"# {res['name']}: completeness at its P>={PRECISION} point, by flux_1tev bin", file=file)
-    for f, comp, n in zip(res["flux_centres"], res["completeness"], res["n_bin"]):
+    print(f"# {res['name']}: completeness at its P>={PRECISION} point, by flux_1tev bin "
+          "(all; point-like, sigma < 0.1 deg; extended)", file=file)
+    for f, comp, n, cp, n_p, ce, n_e in zip(res["flux_centres"], res["completeness"],
+                                           res["n_bin"], res["completeness_point"],
+                                           res["n_point"], res["completeness_extended"],
+                                           res["n_extended"]):
         if n:
-            print(f"#   {f:9.2e}  {comp:5.2f}  (n={n})", file=file)
+            print(f"#   {f:9.2e}  {comp:5.2f}  (n={n});  {_fmt(cp, '.2f')} (n={n_p});  "
+                  f"{_fmt(ce, '.2f')} (n={n_e})", file=file)
 
 
 def main(argv=None):
@@ -351,12 +366,12 @@ def main(argv=None):
     print(f"\n## CTAO GPS patches: {n} x 512x512, seed {args.seed}, {args.livetime_h:g} h, "
           f"{args.irf}, {n_in} true sources (baseline kernel: {kern})\n")
     print(f"| detector | recall @ P>={PRECISION} | score threshold | detections kept | "
-          "S90 flux_1tev (cm-2 s-1) | S90 (Crab) | detections | s/patch |")
-    print("|---|---|---|---|---|---|---|---|")
+          "S90 flux_1tev (cm-2 s-1) | S90 (Crab) | S90 point-like | detections | s/patch |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['name']} | {r['recall']:.3f} | {_fmt(r['threshold'], '.2f')} | "
               f"{r['n_pred']} | {_fmt(r['s90'], '.2e')} | {_fmt(r['s90'] / CRAB_FLUX_1TEV)} | "
-              f"{r['n_det']} | {timing[r['name']]:.2f} |")
+              f"{_fmt(r['s90_point'], '.2e')} | {r['n_det']} | {timing[r['name']]:.2f} |")
     if args.curves and results:
         tabs = []
         for r in results:
