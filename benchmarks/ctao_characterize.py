@@ -111,12 +111,7 @@ def main(argv=None):
     for measured in (False, True):
         print("\n" + report.calibration_markdown(ev, measured=measured,
                                                  flux_label="log10 F(>1 TeV)"))
-    o = ev["overall"]
-    print(f"Median position error {o['median_pos_err_px']:.3f} px; median |dlog10 F| "
-          f"{o['median_abs_dlog10_flux']:.3f} dex")
-    s = ev["source"]
-    print(f"source/FAKE: ECE {s['ece']:.3f}, AUC {s['auc']:.3f} (cutout only "
-          f"{s['auc_cutout_only']:.3f}, detector score alone {s['auc_detector_score']:.3f})")
+    print(report.summary_lines(ev))
     det = ~_injected(test)
     cuts = np.round(np.arange(0.0, 1.0, 0.05), 2)
     pr = {"source_prob": metrics.precision_recall_table(res["source_prob"][det], real[det], cuts),

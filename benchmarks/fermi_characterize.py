@@ -49,14 +49,9 @@ def simulated(char, n_test, seed, cache, nominal, plots=None):
     res = ev.pop("pred")
     print(f"\n## Simulated test skies ({name}: {n_test} patches, seed {seed}; "
           f"{ev['n_test']} candidates, {ev['n_real']} real)")
-    o = ev["overall"]
     for measured in (False, True):
         print("\n" + report.calibration_markdown(ev, measured=measured, flux_label="log10 F1000"))
-    print(f"Median position error {o['median_pos_err_px']:.3f} px; median |dlog10 F| "
-          f"{o['median_abs_dlog10_flux']:.3f} dex")
-    s = ev["source"]
-    print(f"source/FAKE: ECE {s['ece']:.3f}, AUC {s['auc']:.3f} (cutout only "
-          f"{s['auc_cutout_only']:.3f}, detector score alone {s['auc_detector_score']:.3f})")
+    print(report.summary_lines(ev))
     c = ev["classes"]
     print(f"AGN/PSR/FAKE: completeness {np.round(c['completeness'], 3).tolist()}, balanced "
           f"{c['balanced_completeness']:.3f}, balanced ECE {c['ece_balanced']:.3f}")

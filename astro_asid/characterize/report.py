@@ -7,8 +7,8 @@ that the Fermi-LAT and CTAO benchmarks print the same tables.
 
 import numpy as np
 
-__all__ = ["calibration_markdown", "reliability_markdown", "precision_recall_markdown",
-           "plot_reliability", "plot_precision_recall"]
+__all__ = ["calibration_markdown", "summary_lines", "reliability_markdown",
+           "precision_recall_markdown", "plot_reliability", "plot_precision_recall"]
 
 
 def _fmt(v, f=".3f"):
@@ -48,6 +48,15 @@ def calibration_markdown(ev, measured=False, min_count=50, flux_label="log10 F")
               f"{w['cov1'][0]:.3f}..{w['cov1'][1]:.3f}, 95% {w['cov95'][0]:.3f}.."
               f"{w['cov95'][1]:.3f}, flux z std {w['z_std'][0]:.2f}..{w['z_std'][1]:.2f}"]
     return "\n".join(lines)
+
+
+def summary_lines(ev):
+    """Median position and flux errors and the source/FAKE scores of ``evaluate``'s output."""
+    o, s = ev["overall"], ev["source"]
+    return (f"Median position error {o['median_pos_err_px']:.3f} px; median |dlog10 F| "
+            f"{o['median_abs_dlog10_flux']:.3f} dex\n"
+            f"source/FAKE: ECE {s['ece']:.3f}, AUC {s['auc']:.3f} (cutout only "
+            f"{s['auc_cutout_only']:.3f}, detector score alone {s['auc_detector_score']:.3f})")
 
 
 def reliability_markdown(curves):

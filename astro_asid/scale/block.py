@@ -30,8 +30,25 @@ POSITION_COLUMNS = ("x_centroid", "y_centroid", "x_detector", "y_detector")
 BLOCK_THREADS = 1
 
 
+class OuterRegion:
+    """The ``outer`` region ``(y0, y1, x0, x1)`` of a unit of work (`Block`,
+    `~astro_asid.scale.patches.Patch`): the pixels its task receives."""
+
+    @property
+    def slices(self):
+        """``(slice(y0, y1), slice(x0, x1))`` of the ``outer`` region in the image."""
+        a0, a1, b0, b1 = self.outer
+        return slice(a0, a1), slice(b0, b1)
+
+    @property
+    def outer_shape(self):
+        """``(ny, nx)`` of the ``outer`` region."""
+        a0, a1, b0, b1 = self.outer
+        return a1 - a0, b1 - b0
+
+
 @dataclass(frozen=True)
-class Block:
+class Block(OuterRegion):
     """One block of an image: which tiles, which pixels.
 
     Parameters
@@ -59,17 +76,6 @@ class Block:
     grid: tuple
     shape: tuple
 
-    @property
-    def slices(self):
-        """``(slice(y0, y1), slice(x0, x1))`` of the ``outer`` region in the image."""
-        a0, a1, b0, b1 = self.outer
-        return slice(a0, a1), slice(b0, b1)
-
-    @property
-    def outer_shape(self):
-        """``(ny, nx)`` of the ``outer`` region."""
-        a0, a1, b0, b1 = self.outer
-        return a1 - a0, b1 - b0
 
 
 def plan_blocks(sky, detector):

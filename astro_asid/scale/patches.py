@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from astro_asid.scale.block import OuterRegion
+
 __all__ = ["Patch", "plan_patches", "patch_image", "process_patch", "patch_overlap_for",
            "merge_radius_for", "merge_patch_duplicates", "find_in_patches",
            "MIN_MERGE_RADIUS"]
@@ -44,7 +46,7 @@ MIN_MERGE_RADIUS = 1.5
 
 
 @dataclass(frozen=True)
-class Patch:
+class Patch(OuterRegion):
     """One patch of an image: the pixels it owns and the pixels its detector sees.
 
     Parameters
@@ -63,17 +65,6 @@ class Patch:
     core: tuple
     outer: tuple
 
-    @property
-    def slices(self):
-        """``(slice(y0, y1), slice(x0, x1))`` of the ``outer`` region in the image."""
-        a0, a1, b0, b1 = self.outer
-        return slice(a0, a1), slice(b0, b1)
-
-    @property
-    def outer_shape(self):
-        """``(ny, nx)`` of the ``outer`` region."""
-        a0, a1, b0, b1 = self.outer
-        return a1 - a0, b1 - b0
 
     def owns(self, x, y, margin=0):
         """Whether image pixel positions ``(x, y)`` lie in the core (the pixel whose
