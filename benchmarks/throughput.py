@@ -77,7 +77,11 @@ Parts (each can be skipped):
    With ``--mosaic-source fits`` (default: both) the same pixels are first
    written to a float32 FITS file (chunk by chunk, not timed) and
    ``find_sources(path, instrument="optical", ...)`` reads it section by
-   section (`astro_asid.scale.fits_sections`).
+   section (`astro_asid.scale.fits_sections`). ``--mosaic-finders sep dao``
+   also runs the classical finders on the same mosaic, computed into one
+   in-memory array first (they take numpy arrays; the build is not timed);
+   their peak RSS includes that array and their image-sized background maps.
+   ``--mosaic-source`` with no value runs only those.
 4. Full sky: ``benchmarks/fermi_allsky.py``'s simulation (nside
    ``--allsky-nside``, default 256, 5 bands, ``FermiSkySimulator.sample_allsky``
    with seed ``--allsky-seed``; cached in ``--workdir``), then, each in a fresh
@@ -394,6 +398,25 @@ def _mosaic_child(npy, size, seed, opts):
                 n_blocks=cat.meta.get("n_blocks"), n_tasks=n_tasks)
 
 
+def _mosaic_finder_child(name, npy, size, seed, fwhm):
+    """A classical finder (``sep`` or ``dao``) on the whole mosaic, in this (fresh) process.
+
+    They take an in-memory array: the mosaic is computed into one first (timed
+    apart as ``build``), and their own background maps are image-sized too."""
+    import importlib
+
+    import optical as optical_bench  # benchmarks/optical.py
+
+    importlib.import_module("sep" if name == "sep" else "photutils.detection")
+    runner = optical_bench.run_sep if name == "sep" else optical_bench.run_dao
+    t0 = time.perf_counter()
+    image = np.ascontiguousarray(build_mosaic(np.load(npy), size, seed).compute(), np.float32)
+    t_build = time.perf_counter() - t0
+    (x, _, _), m = _measured(lambda: runner(image, fwhm))
+    return dict(m, n=len(x), load=t_build, threads=1, cuda=False, n_blocks=None,
+                n_tasks=None)
+
+
 def _allsky_child(npz, tiles, opts):
     """find_sources on a full-sky HEALPix cube, in this (fresh) process."""
     threads, cuda = _setup_torch(opts.get("threads"), opts.get("device", "cpu"))
@@ -583,20 +606,29 @@ def distributed_table(size, path, fields, opts, workers, characterize, tmp, head
     return rows
 
 
-def mosaic_table(size, tile, npy, seed, opts, workers, header, sources, tmp):
-    """Part 3: a lazily built dask-array mosaic, and the same mosaic as a FITS file."""
+def mosaic_table(size, tile, npy, seed, opts, workers, header, sources, tmp, finders=(),
+                 fwhm=None):
+    """Part 3: a lazily built dask-array mosaic, the same mosaic as a FITS file, and
+    the classical ``finders`` on it in memory."""
     rows = {}
     for src in sources:
         o = dict(opts, workers=workers, source=src,
                  fits_path=os.path.join(tmp, "mosaic.fits"))
         rows[src] = run_fresh(_mosaic_child, npy, size, seed, o)
+    for name in finders:
+        rows[f"{name} (in memory)"] = run_fresh(_mosaic_finder_child, name, npy, size, seed,
+                                                fwhm)
     print(f"\n## Part 3: a {size}x{size} mosaic ({header})")
     print(f"\nCopies of a {tile}x{tile} simulated moderate field, randomly flipped and "
           "shifted, float32; asid-optical, characterize=False, "
           + (f"workers={workers}" if workers else "serial") + ", each a fresh process. "
           "dask: a lazy dask array (chunks <= 1024 px); fits: the same pixels written to a "
           f"{size * size * 4 / 2 ** 30:.1f} GiB FITS file first (not timed), then "
-          "find_sources(path, instrument='optical'), which reads it section by section.")
+          "find_sources(path, instrument='optical'), which reads it section by section."
+          + (" Classical finders: the mosaic computed into memory first (not timed; "
+             "'load' in the row), then benchmarks/optical.py's run_sep / run_dao "
+             "(DAOStarFinder given the true FWHM) on the whole array."
+             if finders else ""))
     cuda = any(r.get("cuda") for r in rows.values())
     gh, gs = _gpu_head(cuda)
     print("\n| input | pixels | blocks | dask tasks | detections | wall (s) | Mpix/s | "
@@ -606,7 +638,8 @@ def mosaic_table(size, tile, npy, seed, opts, workers, header, sources, tmp):
         if "error" in r:
             print(f"| {src} | failed: {r['error']} |")
             continue
-        print(f"| {src} | {size * size / 1e6:.1f} M | {r['n_blocks']} | "
+        blocks = r["n_blocks"] if r.get("n_blocks") is not None else "n/a"
+        print(f"| {src} | {size * size / 1e6:.1f} M | {blocks} | "
               f"{_fmt(r['n_tasks'], 'd') if r['n_tasks'] is not None else 'n/a'} | {r['n']} | "
               f"{r['wall']:.1f} | {size * size / 1e6 / r['wall']:.2f} | {_row_mem(r)} | "
               f"{'yes' if r['peak'] < 3 * 1024 else 'NO'} |")
@@ -845,7 +878,9 @@ def main(argv=None):
                              "the simulated size)")
     parser.add_argument("--mosaic-workers", type=int,
                         help="run the mosaic on a local cluster of this many workers")
-    parser.add_argument("--mosaic-source", nargs="+", choices=("dask", "fits"),
+    parser.add_argument("--mosaic-finders", nargs="*", choices=("sep", "dao"), default=[],
+                        help="also run these classical finders on the mosaic, in memory")
+    parser.add_argument("--mosaic-source", nargs="*", choices=("dask", "fits"),
                         default=["dask", "fits"], help="mosaic inputs of part 3")
     parser.add_argument("--tune-size", type=int, default=2048,
                         help="side of the field of part 5 (px)")
@@ -917,7 +952,8 @@ def main(argv=None):
                               args.dist_characterize, tmp, header)
         if not args.skip_mosaic:
             mosaic_table(args.mosaic_size, tile, paths[tile], args.seed, opts,
-                         args.mosaic_workers, header, args.mosaic_source, tmp)
+                         args.mosaic_workers, header, args.mosaic_source, tmp,
+                         args.mosaic_finders, fields["fwhm"])
         if not args.skip_tuning:
             tuning_table(args.tune_size, paths[args.tune_size], args.tune_threads,
                          args.tune_batch, args.tune_repeats, opts, header)
