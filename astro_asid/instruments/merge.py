@@ -100,24 +100,33 @@ def _mutual_nearest(pairs, sep, tile):
     return keep
 
 
-def _resolve_duplicates(pairs, score, keep, merged_into):
-    """Pick one detection per group of duplicate ``pairs``, in place: best score first
-    (ties: lower index), then every detection linked to an accepted one is its duplicate
-    (``keep`` False, ``merged_into`` the best accepted neighbour)."""
+def _greedy_duplicates(pairs, score):
+    """The duplicates of groups linked by ``pairs``: best score first (ties: lower
+    index), every detection linked to an accepted one is a duplicate. Returns
+    ``[(i, into), ...]``: detection ``i`` is dropped for ``into``, its best accepted
+    neighbour."""
     neighbours = {}
     for i, j in pairs.tolist():
         neighbours.setdefault(i, []).append(j)
         neighbours.setdefault(j, []).append(i)
     involved = np.unique(pairs)
     order = involved[np.lexsort((involved, -score[involved]))]
-    accepted = set()
+    accepted, dropped = set(), []
     for i in order.tolist():
         owners = [j for j in neighbours[i] if j in accepted]
         if owners:
-            keep[i] = False
-            merged_into[i] = max(owners, key=lambda j: (score[j], -j))
+            dropped.append((i, max(owners, key=lambda j: (score[j], -j))))
         else:
             accepted.add(i)
+    return dropped
+
+
+def _resolve_duplicates(pairs, score, keep, merged_into):
+    """Pick one detection per group of duplicate ``pairs``, in place (`_greedy_duplicates`):
+    ``keep`` False and ``merged_into`` the best accepted neighbour for the others."""
+    for i, into in _greedy_duplicates(pairs, score):
+        keep[i] = False
+        merged_into[i] = into
 
 
 def _suppress_close(lon, lat, score, keep, merged_into, min_separation):
@@ -126,22 +135,10 @@ def _suppress_close(lon, lat, score, keep, merged_into, min_separation):
     pairs, _ = close_pairs(lon[idx], lat[idx], min_separation)
     if len(pairs) == 0:
         return
-    pairs = idx[pairs]
-    neighbours = {}
-    for i, j in pairs.tolist():
-        neighbours.setdefault(i, []).append(j)
-        neighbours.setdefault(j, []).append(i)
-    involved = np.array(sorted(neighbours))
-    order = involved[np.lexsort((involved, -score[involved]))]
-    accepted = set()
-    for i in order.tolist():
-        owners = [j for j in neighbours[i] if j in accepted]
-        if owners:
-            keep[i] = False
-            into = max(owners, key=lambda j: (score[j], -j))
-            merged_into[merged_into == i] = into
-        else:
-            accepted.add(i)
+    for i, into in _greedy_duplicates(idx[pairs], score):
+        keep[i] = False
+        # the detections already merged into i (and i itself) now count for ``into``
+        merged_into[merged_into == i] = into
 
 
 def merge_duplicates(lon, lat, score, tile, radius=0.3 * u.deg, min_separation=None):
