@@ -727,9 +727,7 @@ def allsky_table(nside, seed, workdir, tiles, opts, header, workers, tmp):
 
 def simulate_ctao_map(ny, nx, seed):
     """A 3-band CTAO-like counts cube ``(3, ny, nx)`` (float32) and its number of sources."""
-    from scipy.special import erf
-
-    from astro_asid.simulate.ctao import CTAOSkySimulator
+    from astro_asid.simulate.ctao import CTAOSkySimulator, render_gaussian_sources
 
     rng = np.random.default_rng([50_000 + seed])
     sim = CTAOSkySimulator(npix=64, seed=0)
@@ -738,17 +736,9 @@ def simulate_ctao_map(ny, nx, seed):
     n = max(1, int(round(ny * nx / 96 ** 2)))
     x, y = rng.uniform(-0.5, nx - 0.5, n), rng.uniform(-0.5, ny - 0.5, n)
     total = 10 ** rng.uniform(np.log10(30), np.log10(3000), n)
-    model = np.empty((3, ny, nx))
-    model[:] = back[:, None, None]
-    for b, (share, sig) in enumerate(zip((0.6, 0.3, 0.1), sigma)):
-        half = int(np.ceil(5 * sig))
-        for xi, yi, c in zip(x, y, total * share):
-            cx, cy = int(round(xi)), int(round(yi))
-            x0, x1 = max(cx - half, 0), min(cx + half + 1, nx)
-            y0, y1 = max(cy - half, 0), min(cy + half + 1, ny)
-            ex = erf((np.arange(x0, x1 + 1) - 0.5 - xi) / (np.sqrt(2) * sig))
-            ey = erf((np.arange(y0, y1 + 1) - 0.5 - yi) / (np.sqrt(2) * sig))
-            model[b, y0:y1, x0:x1] += c * np.outer(np.diff(ey), np.diff(ex)) / 4.0
+    model = back[:, None, None] + render_gaussian_sources(
+        (ny, nx), x, y, total[:, None] * np.array([0.6, 0.3, 0.1]),
+        np.broadcast_to(sigma, (n, 3)))
     return rng.poisson(model).astype(np.float32), n
 
 

@@ -414,8 +414,8 @@ def render_gaussian_sources(npix, x, y, counts, sigma_pix):
 
     Parameters
     ----------
-    npix : int
-        Image width and height.
+    npix : int or tuple of int
+        Image width and height, or ``(ny, nx)``.
     x, y : `~numpy.ndarray`
         0-based pixel positions (may be outside the image).
     counts : `~numpy.ndarray`
@@ -427,17 +427,18 @@ def render_gaussian_sources(npix, x, y, counts, sigma_pix):
     Returns
     -------
     `~numpy.ndarray`
-        ``(n_bands, npix, npix)`` float32.
+        ``(n_bands, ny, nx)`` float32.
     """
+    ny, nx = (npix, npix) if np.ndim(npix) == 0 else npix
     counts = np.atleast_2d(counts)
     nb = counts.shape[1]
-    out = np.zeros((nb, npix, npix), np.float32)
+    out = np.zeros((nb, ny, nx), np.float32)
     if len(x) == 0:
         return out
     for b in range(nb):
-        gx = _pixel_integrals(np.asarray(x, float), sigma_pix[:, b], npix)
-        gy = _pixel_integrals(np.asarray(y, float), sigma_pix[:, b], npix)
-        # Separable Gaussians: the band image is one (npix, n) @ (n, npix) product.
+        gx = _pixel_integrals(np.asarray(x, float), sigma_pix[:, b], nx)
+        gy = _pixel_integrals(np.asarray(y, float), sigma_pix[:, b], ny)
+        # Separable Gaussians: the band image is one (ny, n) @ (n, nx) product.
         out[b] = gy.T @ (counts[:, b, None] * gx)
     return out
 
