@@ -121,6 +121,8 @@ from astro_asid.training.optical import OPTICAL_MATCH_RADIUS_PX, recall_at_preci
 
 CROWDING = ("sparse", "moderate", "crowded")
 FINDERS = ("asid-optical", "sep", "dao", "segmentation")
+#: ``asid-optical`` with its trail removal switched off (``--finders`` only; for comparison).
+KEEP_TRAILS = "asid-optical-trails-kept"
 PRECISIONS = (0.90, 0.95)
 #: Bins of ``m - m_lim`` (part 2).
 MAG_BINS = ((-8, -6), (-6, -4), (-4, -2), (-2, -1), (-1, 0), (0, 1))
@@ -139,10 +141,10 @@ def _fmt(v, spec=".3f"):
 
 
 # -- finders: raw image (ADU) -> (x, y, score), 0-based pixel centres ------------------
-def make_asid_detector(weights=None):
+def make_asid_detector(weights=None, remove_trails=True):
     """``asid-optical`` keeping every candidate (``min_score=0``)."""
     from astro_asid.detection.optical import ASIDOpticalDetector
-    return ASIDOpticalDetector(weights=weights, min_score=0.0)
+    return ASIDOpticalDetector(weights=weights, min_score=0.0, remove_trails=remove_trails)
 
 
 def run_asid(image, fwhm=None, detector=None):
@@ -239,8 +241,8 @@ def run_segmentation(image, fwhm):
 
 def make_runner(name, weights=None):
     """``runner(image, fwhm) -> (x, y, score)`` for a finder name."""
-    if name == "asid-optical":
-        return partial(run_asid, detector=make_asid_detector(weights))
+    if name in ("asid-optical", KEEP_TRAILS):
+        return partial(run_asid, detector=make_asid_detector(weights, name == "asid-optical"))
     return {"sep": run_sep, "dao": run_dao, "segmentation": run_segmentation}[name]
 
 
@@ -502,7 +504,11 @@ def artefact_table(results, fields, cut_sets, title="all levels"):
     false detection on their pixels, false detections per trail (and per
     100 px of trail), and the fraction of the trails' one-FWHM segments that
     hold a false detection (the trail counterpart of "the fraction of cosmic
-    rays reported")."""
+    rays reported"). Two more columns put these in context: the false
+    detections per trail expected on the trail's pixels from the field's
+    false-detection density alone (what a finder that ignores the trail
+    entirely would still have there), and the recall of the S/N >= 5 sources
+    that lie on trail pixels."""
     levels = list(fields)
     n_cr = sum(len(f.cosmic_rays["x"]) for lv in levels for f in fields[lv])
     n_tr = sum(len(f.trails) for lv in levels for f in fields[lv])
@@ -511,12 +517,14 @@ def artefact_table(results, fields, cut_sets, title="all levels"):
           f"satellite trails in {n_f} fields)")
     print("\n| finder | cut at | score cut | cosmic rays reported | trails with a false "
           "detection | false detections per trail | per 100 px of trail | trail segments "
-          "(1 FWHM) with a false detection | false detections per field |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "(1 FWHM) with a false detection | expected per trail from the field density | "
+          "recall of S/N >= 5 sources on trails | false detections per field |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in results:
         for label, cuts in cut_sets.items():
             cr_hit = tr_hit = tr_false = n_false = seg_hit = n_seg = 0
-            length = 0.0
+            length = expected = 0.0
+            rec_hit = rec_n = 0
             for lv in levels:
                 r = results[n][lv]
                 fp = ~r["tp"] & (r["score"] >= cuts[n][1])
@@ -536,6 +544,16 @@ def artefact_table(results, fields, cut_sets, title="all levels"):
                         on = f.artefact_mask[iy, ix] == 2
                         tr_false += int(on.sum())
                         tr_hit += int(on.any())  # at most one trail per simulated field
+                        band = f.artefact_mask == 2
+                        expected += len(x) * band.mean()
+                        t = f.truth
+                        ti = np.clip(np.rint(t["y"]).astype(int), 0, ny - 1)
+                        tj = np.clip(np.rint(t["x"]).astype(int), 0, nx - 1)
+                        under = np.flatnonzero(band[ti, tj] & (t["snr"] >= 5.0))
+                        got = r["match"][r["tp"] & (r["score"] >= cuts[n][1])
+                                         & (r["field"] == i)]
+                        rec_n += len(under)
+                        rec_hit += int(np.isin(under, got).sum())
                         ln, ns, hit = _trail_segments(f, x[on], y[on])
                         length += ln
                         n_seg += ns
@@ -545,7 +563,10 @@ def artefact_table(results, fields, cut_sets, title="all levels"):
                   f"{_fmt(tr_hit / n_tr if n_tr else np.nan)} | "
                   f"{_fmt(tr_false / n_tr if n_tr else np.nan, '.2f')} | "
                   f"{_fmt(100 * tr_false / length if length else np.nan, '.2f')} | "
-                  f"{_fmt(seg_hit / n_seg if n_seg else np.nan)} | {n_false / n_f:.2f} |")
+                  f"{_fmt(seg_hit / n_seg if n_seg else np.nan)} | "
+                  f"{_fmt(expected / n_tr if n_tr else np.nan, '.2f')} | "
+                  f"{_fmt(rec_hit / rec_n if rec_n else np.nan)} ({rec_n}) | "
+                  f"{n_false / n_f:.2f} |")
 
 
 #: The harder fields of part 3b: {condition: simulator options}.
@@ -773,7 +794,8 @@ def main(argv=None):
     parser.add_argument("--n-fields", type=int, default=20, help="fields per crowding level")
     parser.add_argument("--size", type=int, default=256, help="side of a simulated field (px)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--finders", nargs="+", choices=FINDERS, default=list(FINDERS))
+    parser.add_argument("--finders", nargs="+", choices=FINDERS + (KEEP_TRAILS,),
+                        default=list(FINDERS))
     parser.add_argument("--weights", help="asid-optical weights (default: the shipped model)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--timing-size", type=int, default=4096,

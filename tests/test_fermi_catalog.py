@@ -268,6 +268,11 @@ def test_bad_options():
         CatalogClassifier().predict_proba(None)
     with pytest.raises(ValueError, match="no shipped model"):
         CatalogClassifier.pretrained("agn-star")
+    # layer sizes of the dense network given to the recurrent one (and a typo)
+    with pytest.raises(ValueError, match=r"\['branch'\] are not options of the 'gru'"):
+        CatalogClassifier(arch="gru", net_kwargs={"branch": (16, 8), "head": (8,)})
+    with pytest.raises(ValueError, match=r"\['hiden'\].*'dnn'"):
+        CatalogClassifier(net_kwargs={"hiden": 8})
 
 
 @needs_catalogs

@@ -58,6 +58,11 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         Large images are processed in blocks of ``block_tiles`` x
         ``block_tiles`` tiles (background, S/N, network, decoding), which
         bounds the memory (see `detect`).
+    remove_trails : bool
+        Find straight satellite/aircraft trails in each block's S/N image and
+        fold them into the background before detection
+        (`~astro_asid.instruments.optical_trails`), so that trails are not
+        reported and stars on them still are.
     device, tta, score, refine
         As for `~astro_asid.detection.ASIDUNetDetector`.
     """
@@ -69,7 +74,8 @@ class ASIDOpticalDetector(ASIDUNetDetector):
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=1.5 / np.sqrt(2.0),
                  peak_threshold=0.02, score="log", refine="offset", box_size=64, device=None,
-                 tile_size=256, overlap=32, batch_size=8, tta=1, block_tiles=8):
+                 tile_size=256, overlap=32, batch_size=8, tta=1, block_tiles=8,
+                 remove_trails=True):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,
                          device=device, tile_size=tile_size, overlap=overlap,
@@ -78,6 +84,7 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         if int(block_tiles) < 1:
             raise ValueError(f"block_tiles must be >= 1, got {block_tiles}")
         self.block_tiles = int(block_tiles)
+        self.remove_trails = bool(remove_trails)
 
     def _decode_batch(self, x):
         maps = self._forward(x)
@@ -146,7 +153,9 @@ class ASIDOpticalDetector(ASIDUNetDetector):
 
         From the image's own background/noise maps when it has them, else from
         `~astro_asid.instruments.optical.estimate_background` on the region
-        (callers add ``box_size`` pixels around the block). Returns
+        (callers add ``box_size`` pixels around the block); with
+        ``remove_trails``, trails found in the region are added to the
+        background and their shot noise to the noise. Returns
         ``(snr, bad, background, noise)``, float32 maps of the region; None
         when every pixel is bad.
         """
@@ -165,7 +174,34 @@ class ASIDOpticalDetector(ASIDUNetDetector):
             back, noise = estimate_background(data, bad, box_size=self.box_size)
         snr = (data - back) / noise
         snr[bad | ~np.isfinite(snr)] = 0.0
+        if self.remove_trails:
+            snr, back, noise = self._remove_trails(data, bad, snr, back, noise,
+                                                   own_maps=image.background is not None)
         return snr.astype(np.float32, copy=False), bad, back, noise
+
+    def _remove_trails(self, data, bad, snr, back, noise, own_maps):
+        """S/N, background and noise with the trails found in ``snr`` folded into the
+        background (`~astro_asid.instruments.optical_trails`)."""
+        from astro_asid.instruments.optical import estimate_background
+        from astro_asid.instruments.optical_trails import find_trails, remove_trails, trail_model
+
+        trails = find_trails(snr, bad)
+        if not len(trails):
+            return snr, back, noise
+        if not own_maps:
+            # a trail raises the box background along it in patches: estimate it again
+            # without the trails' bands, then refit the trails on the new S/N
+            _, band = trail_model(snr.shape, trails)
+            back, noise = estimate_background(data, bad | band, box_size=self.box_size)
+            snr = (data - back) / noise
+            snr[bad | ~np.isfinite(snr)] = 0.0
+        model, scale, _ = remove_trails(snr, bad, trails=trails)
+        # the trails become background; their band's noise includes their shot noise
+        back = (back + model * noise).astype(np.float32)
+        noise = (noise * scale).astype(np.float32)
+        snr = (data - back) / noise
+        snr[bad | ~np.isfinite(snr)] = 0.0
+        return snr, back, noise
 
     def block_margin(self, image):
         """Pixels added around a block for its background (none when the image has maps)."""

@@ -27,6 +27,23 @@ _DEFAULTS = {"dnn": {"epochs": 60, "lr": 3e-3, "batch_size": 64},
              "lstm": {"epochs": 40, "lr": 5e-3, "batch_size": 64}}
 
 
+def _check_net_kwargs(arch, net_kwargs):
+    """ValueError naming the ``net_kwargs`` that the ``arch`` network does not take."""
+    import inspect
+
+    from astro_asid.fermi_catalog.models import TwoBranchDNN, TwoBranchRNN
+
+    cls = TwoBranchDNN if arch == "dnn" else TwoBranchRNN
+    params = inspect.signature(cls.__init__).parameters
+    fixed = {"self", "n_bands", "n_years", "n_channels", "n_extras", "n_classes", "n_members",
+             "dropout", "cell"}
+    allowed = sorted(set(params) - fixed)
+    bad = sorted(set(net_kwargs) - set(allowed))
+    if bad:
+        raise ValueError(f"net_kwargs {bad} are not options of the {arch!r} network; "
+                         f"it takes {allowed}")
+
+
 class CatalogClassifier:
     """Neural classifier of 4FGL catalog sources with predictive uncertainty.
 
@@ -103,6 +120,7 @@ class CatalogClassifier:
         self.dropout = float(dropout)
         self.weight_decay = float(weight_decay)
         self.net_kwargs = dict(net_kwargs or {})
+        _check_net_kwargs(arch, self.net_kwargs)
         self.seed = int(seed)
         self.task = None
         self.class_names = None
