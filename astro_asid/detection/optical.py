@@ -37,6 +37,13 @@ def optical_input(snr, bad=None):
     return np.stack([x, flag], axis=-3)
 
 
+def _snr(data, back, noise, bad):
+    """``(data - back) / noise``, 0 on bad or non-finite pixels."""
+    snr = (data - back) / noise
+    snr[bad | ~np.isfinite(snr)] = 0.0
+    return snr
+
+
 class ASIDOpticalDetector(ASIDUNetDetector):
     """U-Net + LoG source finder for optical images (``asid-optical``).
 
@@ -172,8 +179,7 @@ class ASIDOpticalDetector(ASIDUNetDetector):
             noise = np.asarray(image.noise[0][sl], np.float32)
         else:
             back, noise = estimate_background(data, bad, box_size=self.box_size)
-        snr = (data - back) / noise
-        snr[bad | ~np.isfinite(snr)] = 0.0
+        snr = _snr(data, back, noise, bad)
         if self.remove_trails:
             snr, back, noise = self._remove_trails(data, bad, snr, back, noise,
                                                    own_maps=image.background is not None)
@@ -193,15 +199,12 @@ class ASIDOpticalDetector(ASIDUNetDetector):
             # without the trails' bands, then refit the trails on the new S/N
             _, band = trail_model(snr.shape, trails)
             back, noise = estimate_background(data, bad | band, box_size=self.box_size)
-            snr = (data - back) / noise
-            snr[bad | ~np.isfinite(snr)] = 0.0
+            snr = _snr(data, back, noise, bad)
         model, scale, _ = remove_trails(snr, bad, trails=trails)
         # the trails become background; their band's noise includes their shot noise
         back = (back + model * noise).astype(np.float32)
         noise = (noise * scale).astype(np.float32)
-        snr = (data - back) / noise
-        snr[bad | ~np.isfinite(snr)] = 0.0
-        return snr, back, noise
+        return _snr(data, back, noise, bad), back, noise
 
     def block_margin(self, image):
         """Pixels added around a block for its background (none when the image has maps)."""

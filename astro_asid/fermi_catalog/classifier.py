@@ -8,8 +8,8 @@ from astropy.table import QTable
 
 from astro_asid.fermi_catalog.features import (FeatureConfig, _get_task, extract_features,
                                                task_labels)
-from astro_asid.fermi_catalog.models import (build_network, predict_proba_samples, smote,
-                                             train_network)
+from astro_asid.fermi_catalog.models import (build_network, check_network_options,
+                                             predict_proba_samples, smote, train_network)
 from astro_asid.nn.io import load_weights, save_weights
 
 __all__ = ["CatalogClassifier", "MODELS_DIR", "PRETRAINED"]
@@ -25,23 +25,6 @@ _BRANCHES = ("spectrum", "history", "extras")
 _DEFAULTS = {"dnn": {"epochs": 60, "lr": 3e-3, "batch_size": 64},
              "gru": {"epochs": 40, "lr": 5e-3, "batch_size": 64},
              "lstm": {"epochs": 40, "lr": 5e-3, "batch_size": 64}}
-
-
-def _check_net_kwargs(arch, net_kwargs):
-    """ValueError naming the ``net_kwargs`` that the ``arch`` network does not take."""
-    import inspect
-
-    from astro_asid.fermi_catalog.models import TwoBranchDNN, TwoBranchRNN
-
-    cls = TwoBranchDNN if arch == "dnn" else TwoBranchRNN
-    params = inspect.signature(cls.__init__).parameters
-    fixed = {"self", "n_bands", "n_years", "n_channels", "n_extras", "n_classes", "n_members",
-             "dropout", "cell"}
-    allowed = sorted(set(params) - fixed)
-    bad = sorted(set(net_kwargs) - set(allowed))
-    if bad:
-        raise ValueError(f"net_kwargs {bad} are not options of the {arch!r} network; "
-                         f"it takes {allowed}")
 
 
 class CatalogClassifier:
@@ -120,7 +103,7 @@ class CatalogClassifier:
         self.dropout = float(dropout)
         self.weight_decay = float(weight_decay)
         self.net_kwargs = dict(net_kwargs or {})
-        _check_net_kwargs(arch, self.net_kwargs)
+        check_network_options(arch, self.net_kwargs)
         self.seed = int(seed)
         self.task = None
         self.class_names = None

@@ -15,12 +15,14 @@ the mean of the member (or sample) probabilities and its spread their standard
 deviation.
 """
 
+import inspect
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["EnsembleLinear", "TwoBranchDNN", "TwoBranchRNN", "build_network", "smote", "train_network",
-           "predict_proba_samples"]
+__all__ = ["EnsembleLinear", "TwoBranchDNN", "TwoBranchRNN", "build_network",
+           "check_network_options", "smote", "train_network", "predict_proba_samples"]
 
 
 class EnsembleLinear(nn.Module):
@@ -179,6 +181,20 @@ class TwoBranchRNN(_Base):
         if self.hist_branch is not None:
             parts.append(self._last(self.hist_branch, history))
         return self._finish(parts, extras)
+
+
+def check_network_options(arch, options):
+    """ValueError naming the ``options`` (``CatalogClassifier(net_kwargs=...)``) that the
+    ``arch`` network of `build_network` does not take."""
+    cls = TwoBranchDNN if arch == "dnn" else TwoBranchRNN
+    # the sizes and settings the classifier passes itself are not options
+    fixed = {"self", "n_bands", "n_years", "n_channels", "n_extras", "n_classes", "n_members",
+             "dropout", "cell"}
+    allowed = sorted(set(inspect.signature(cls.__init__).parameters) - fixed)
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise ValueError(f"net_kwargs {bad} are not options of the {arch!r} network; "
+                         f"it takes {allowed}")
 
 
 def build_network(arch, n_bands, n_years, n_channels, n_extras, n_classes, n_members=1, **kwargs):

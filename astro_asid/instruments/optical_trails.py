@@ -28,6 +28,8 @@ background, the way pipelines mask or model streaks before detection.
 import warnings
 
 import numpy as np
+from astropy.nddata import block_reduce
+from astropy.stats import mad_std
 from astropy.table import Table
 from scipy import ndimage
 from scipy.optimize import curve_fit
@@ -41,12 +43,10 @@ HOUGH_CLIP = 3.0
 def _binned(snr, bad, factor):
     """Mean of ``factor`` x ``factor`` blocks times ``factor`` (unit variance for white
     noise); NaN where every pixel is bad."""
-    ny, nx = (snr.shape[0] // factor) * factor, (snr.shape[1] // factor) * factor
-    s = np.where(bad, np.nan, np.clip(snr, -HOUGH_CLIP, HOUGH_CLIP))[:ny, :nx]
-    s = s.reshape(ny // factor, factor, nx // factor, factor)
+    clipped = np.where(bad, np.nan, np.clip(snr, -HOUGH_CLIP, HOUGH_CLIP))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(s, axis=(1, 3)) * factor
+        return block_reduce(clipped, factor, func=np.nanmean) * factor
 
 
 def _hough(img, angles):
@@ -143,7 +143,7 @@ def _verify_and_fit(snr, bad, angle, rho, min_segment_z, min_amplitude, max_vari
     # quick rejection before any fit: the line must stand out from its surroundings
     on, off = v[np.abs(d) < 2.0], v[np.abs(d) > 5.0]
     if len(on) < 10 or len(off) < 10 or (np.median(on) - np.median(off)) * np.sqrt(len(on)) \
-            < 1.2533 * min_segment_z * max(1.4826 * np.median(np.abs(off - np.median(off))), 0.5):
+            < 1.2533 * min_segment_z * max(mad_std(off), 0.5):
         return None
     p = _fit_profile(d, v, half_width)
     if p is None:
@@ -190,13 +190,13 @@ def _verify_and_fit(snr, bad, angle, rho, min_segment_z, min_amplitude, max_vari
             z.append(0.0)
             contrast.append(0.0)
             continue
-        spread = max(1.4826 * np.median(np.abs(off - np.median(off))), 0.5)
+        spread = max(mad_std(off), 0.5)
         contrast.append(np.median(on) - np.median(off))
         z.append(contrast[-1] / (1.2533 * spread / np.sqrt(len(on))))
     z, contrast = np.array(z), np.array(contrast)
     typical = np.median(contrast)
     if (np.mean(z > min_segment_z) < 0.75 or typical <= 0
-            or 1.4826 * np.median(np.abs(contrast - typical)) > max_variation * typical):
+            or mad_std(contrast) > max_variation * typical):
         return None
     return dict(angle=angle, rho=rho, sigma=sig, amplitude=amp,
                 significance=float(np.median(v[core]) * np.sqrt(core.sum()) / 1.2533),
@@ -230,7 +230,7 @@ def find_trails(snr, bad=None, threshold=8.0, max_trails=4, max_binned=128,
         Minimum fitted peak S/N of a trail (fainter ones hardly disturb a
         source finder).
     max_variation : float
-        Largest robust spread (1.4826 MAD) of the segments' contrast, as a
+        Largest robust spread (`~astropy.stats.mad_std`) of the segments' contrast, as a
         fraction of its median: a trail's brightness is steady. A trail that
         flares strongly along the frame is therefore not found.
 
@@ -266,8 +266,7 @@ def find_trails(snr, bad=None, threshold=8.0, max_trails=4, max_binned=128,
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total / count
         # contrast with the parallel lines 3-10 binned pixels away on either side
-        near = np.concatenate([np.roll(mean, k, axis=1) for k in (*range(3, 11), *range(-10, -2))
-                               ]).reshape(16, *mean.shape)
+        near = np.stack([np.roll(mean, k, axis=1) for k in (*range(3, 11), *range(-10, -2))])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             base = np.nanmedian(near, axis=0)
@@ -415,10 +414,7 @@ def _noise_scale(resid, model, bad):
     if on.sum() < 50 or off.sum() < 50:
         return scale
 
-    def robust_var(v):
-        return (1.4826 * np.median(np.abs(v - np.median(v)))) ** 2
-
-    v0 = robust_var(resid[off])
+    v0 = mad_std(resid[off]) ** 2
     m, r = model[on], resid[on]
     edges = np.unique(np.quantile(m, np.linspace(0.0, 1.0, 9)))
     which = np.clip(np.digitize(m, edges) - 1, 0, len(edges) - 2)
@@ -427,7 +423,7 @@ def _noise_scale(resid, model, bad):
         sel = which == k
         if sel.sum() >= 20:
             mc.append(np.mean(m[sel]))
-            vc.append(robust_var(r[sel]) / max(v0, 1e-6) - 1.0)
+            vc.append(mad_std(r[sel]) ** 2 / max(v0, 1e-6) - 1.0)
             n.append(sel.sum())
     if not mc:
         return scale
