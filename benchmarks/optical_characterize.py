@@ -14,7 +14,10 @@ On the characteriser's held-out test set (``asid train characterizer --instrumen
 
 Run::
 
-    python benchmarks/optical_characterize.py CACHE/optical-test-300-103.npz
+    python benchmarks/optical_characterize.py CACHE/optical-test-300-103.npz [--weights PATH]
+
+``--weights`` evaluates another characteriser (a ``.safetensors`` file with its card
+beside it, as ``asid train characterizer`` writes them) instead of the shipped one.
 """
 
 import argparse
@@ -22,7 +25,7 @@ import argparse
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from astro_asid.characterize.model import shipped_characterizer
+from astro_asid.characterize.model import Characterizer, shipped_characterizer
 from astro_asid.characterize.train import inputs_from_arrays
 
 
@@ -40,10 +43,12 @@ def concentration(cutouts, r_in=1.5, r_out=5.0):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("testset", help="optical-test-*.npz of the characteriser's training cache")
+    p.add_argument("--weights", help="a characteriser's .safetensors (default: the shipped one)")
     a = p.parse_args(argv)
     with np.load(a.testset) as f:
         d = {k: f[k] for k in f.files}
-    char = shipped_characterizer("optical")
+    char = Characterizer.load(a.weights) if a.weights else shipped_characterizer("optical")
+    print(f"characteriser {char.card['name']} ({char.card['sha256'][:12]})\n")
     x, scal = inputs_from_arrays(d, len(char.scales), char.card.get("input"))
     r = char.combine(char.raw_outputs(x, scal), calibrated=True)
     p_gal = r["class_prob"][:, 1] / r["class_prob"][:, :2].sum(1)

@@ -121,3 +121,38 @@ def test_detector_drops_trail_detections():
     assert on_trail[False] > 0
     assert on_trail[True] < on_trail[False]
     assert found[True] >= 0.97 * found[False]
+
+
+def test_snr_maps_folds_the_trail_into_the_background():
+    from astro_asid.core import SkyImage
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    rng = np.random.default_rng(7)
+    shape = (256, 256)
+    stars, _, _ = _stars(shape, 60, rng)
+    trail = _line(shape, np.radians(40), 15.0, 1.8, 10.0)
+    data = 500.0 + 20.0 * (rng.standard_normal(shape) + stars + trail)
+    band = trail > 5.0
+    snr, bad, back, noise = ASIDOpticalDetector(remove_trails=True).snr_maps(data)
+    kept, *_ = ASIDOpticalDetector(remove_trails=False).snr_maps(data)
+    assert not bad.any() and snr.dtype == np.float32
+    assert np.median(kept[band]) > 5.0          # the trail is in the plain S/N ...
+    assert abs(np.median(snr[band])) < 0.5      # ... and gone once folded into the background
+    assert np.median(back[band]) - np.median(back[~band]) > 5.0 * 20.0
+    # block_snr of a whole image is snr_maps of its data
+    got = ASIDOpticalDetector().block_snr(SkyImage(data[np.newaxis].astype(np.float32)),
+                                          (0, shape[0], 0, shape[1]))
+    np.testing.assert_allclose(got[0], snr)
+    # the image's own maps are used as given
+    own = ASIDOpticalDetector(remove_trails=False).snr_maps(data, background=back, noise=noise)
+    np.testing.assert_allclose(own[0], snr, atol=1e-5)
+
+
+def test_snr_maps_bad_inputs():
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    det = ASIDOpticalDetector()
+    with pytest.raises(ValueError, match="2-D"):
+        det.snr_maps(np.zeros((2, 64, 64)))
+    with pytest.raises(ValueError, match="both background and noise"):
+        det.snr_maps(np.ones((64, 64)), background=np.zeros((64, 64)))

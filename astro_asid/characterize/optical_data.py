@@ -4,8 +4,9 @@ The optical counterpart of `~astro_asid.characterize.data.simulate_candidates`,
 returning the same arrays, with these differences:
 
 - the cutouts are signal-to-noise images ``(data - background) / noise``
-  (float16), background and noise estimated as at run time
-  (`~astro_asid.instruments.optical.estimate_background`);
+  (float16), computed exactly as at run time by the detector's
+  `~astro_asid.detection.optical.ASIDOpticalDetector.snr_maps` (its background box,
+  and satellite trails folded into the background);
 - ``log10_flux`` is log10 of the true flux in units of the local noise
   (the characteriser multiplies by the image's noise, so fluxes come out in
   the image's units);
@@ -42,7 +43,10 @@ def simulate_optical_candidates(n_fields, detector=None, seed=0, shape=(128, 128
     t0 = time.time()
     for j in range(int(n_fields)):
         f = sim.sample()
-        snr, noise = field_snr(f.image)
+        if hasattr(detector, "snr_maps"):
+            snr, _, _, noise = detector.snr_maps(f.image)
+        else:
+            snr, noise = field_snr(f.image)
         cand = detector.detect_snr(snr)
         x = np.asarray(cand["x_centroid"], float)
         y = np.asarray(cand["y_centroid"], float)

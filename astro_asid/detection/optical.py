@@ -166,23 +166,58 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         ``(snr, bad, background, noise)``, float32 maps of the region; None
         when every pixel is bad.
         """
-        from astro_asid.instruments.optical import estimate_background
-
         a0, a1, b0, b1 = outer
         sl = (slice(a0, a1), slice(b0, b1))
         data = np.asarray(image.data[0][sl], np.float32)
         bad = image.mask2d[sl] | ~np.isfinite(data)
         if bad.all():
             return None
-        if image.background is not None and image.noise is not None:
-            back = np.asarray(image.background[0][sl], np.float32)
-            noise = np.asarray(image.noise[0][sl], np.float32)
+        own = image.background is not None and image.noise is not None
+        return self.snr_maps(data, bad,
+                             background=image.background[0][sl] if own else None,
+                             noise=image.noise[0][sl] if own else None)
+
+    def snr_maps(self, data, bad=None, background=None, noise=None):
+        """The S/N image the network sees, from a 2-D image.
+
+        Background and noise are ``background``/``noise`` when given, else
+        `~astro_asid.instruments.optical.estimate_background` (``box_size``);
+        with ``remove_trails``, trails are then folded into them. The
+        characteriser's training set (`~astro_asid.characterize.optical_data`)
+        uses this too, so it sees the candidates' S/N exactly as at run time.
+
+        Parameters
+        ----------
+        data : `~numpy.ndarray`
+            ``(ny, nx)`` image.
+        bad : `~numpy.ndarray` of bool, optional
+            True marks pixels to ignore (non-finite pixels are always bad).
+        background, noise : `~numpy.ndarray`, optional
+            The image's own maps (both or neither).
+
+        Returns
+        -------
+        snr, bad, background, noise : `~numpy.ndarray`
+            float32 maps (``bad`` bool); ``snr`` is 0 on bad pixels.
+        """
+        from astro_asid.instruments.optical import estimate_background
+
+        data = np.asarray(data, np.float32)
+        if data.ndim != 2:
+            raise ValueError(f"data must be a 2-D image, got shape {data.shape}")
+        bad = np.zeros(data.shape, bool) if bad is None else np.asarray(bad, bool)
+        bad = bad | ~np.isfinite(data)
+        own = background is not None and noise is not None
+        if (background is None) != (noise is None):
+            raise ValueError("give both background and noise maps, or neither")
+        if own:
+            back = np.asarray(background, np.float32)
+            noise = np.asarray(noise, np.float32)
         else:
             back, noise = estimate_background(data, bad, box_size=self.box_size)
         snr = _snr(data, back, noise, bad)
         if self.remove_trails:
-            snr, back, noise = self._remove_trails(data, bad, snr, back, noise,
-                                                   own_maps=image.background is not None)
+            snr, back, noise = self._remove_trails(data, bad, snr, back, noise, own_maps=own)
         return snr.astype(np.float32, copy=False), bad, back, noise
 
     def _remove_trails(self, data, bad, snr, back, noise, own_maps):
