@@ -33,7 +33,6 @@ def simulate_optical_candidates(n_fields, detector=None, seed=0, shape=(128, 128
     from astro_asid.detection.optical import ASIDOpticalDetector
     from astro_asid.simulate.optical import OpticalSkySimulator
     from astro_asid.training.metrics import match_detections
-    from astro_asid.training.optical import field_snr
 
     spec = spec or INSTRUMENTS["optical"]
     if detector is None or isinstance(detector, str):
@@ -43,10 +42,7 @@ def simulate_optical_candidates(n_fields, detector=None, seed=0, shape=(128, 128
     t0 = time.time()
     for j in range(int(n_fields)):
         f = sim.sample()
-        if hasattr(detector, "snr_maps"):
-            snr, _, _, noise = detector.snr_maps(f.image)
-        else:
-            snr, noise = field_snr(f.image)
+        snr, _, _, noise = detector.snr_maps(f.image)
         cand = detector.detect_snr(snr)
         x = np.asarray(cand["x_centroid"], float)
         y = np.asarray(cand["y_centroid"], float)

@@ -207,9 +207,9 @@ class ASIDOpticalDetector(ASIDUNetDetector):
             raise ValueError(f"data must be a 2-D image, got shape {data.shape}")
         bad = np.zeros(data.shape, bool) if bad is None else np.asarray(bad, bool)
         bad = bad | ~np.isfinite(data)
-        own = background is not None and noise is not None
         if (background is None) != (noise is None):
             raise ValueError("give both background and noise maps, or neither")
+        own = background is not None
         if own:
             back = np.asarray(background, np.float32)
             noise = np.asarray(noise, np.float32)
