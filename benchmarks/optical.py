@@ -123,6 +123,11 @@ CROWDING = ("sparse", "moderate", "crowded")
 FINDERS = ("asid-optical", "sep", "dao", "segmentation")
 #: ``asid-optical`` with its trail removal switched off (``--finders`` only; for comparison).
 KEEP_TRAILS = "asid-optical-trails-kept"
+#: ``asid-optical`` removing trails but keeping every candidate on them (no ``trail_min_snr``).
+NO_TRAIL_VETO = "asid-optical-no-trail-veto"
+#: The ``asid-optical`` variants: name -> detector options.
+ASID_VARIANTS = {"asid-optical": {}, KEEP_TRAILS: {"remove_trails": False},
+                 NO_TRAIL_VETO: {"trail_min_snr": None}}
 PRECISIONS = (0.90, 0.95)
 #: Bins of ``m - m_lim`` (part 2).
 MAG_BINS = ((-8, -6), (-6, -4), (-4, -2), (-2, -1), (-1, 0), (0, 1))
@@ -141,10 +146,10 @@ def _fmt(v, spec=".3f"):
 
 
 # -- finders: raw image (ADU) -> (x, y, score), 0-based pixel centres ------------------
-def make_asid_detector(weights=None, remove_trails=True):
+def make_asid_detector(weights=None, **options):
     """``asid-optical`` keeping every candidate (``min_score=0``)."""
     from astro_asid.detection.optical import ASIDOpticalDetector
-    return ASIDOpticalDetector(weights=weights, min_score=0.0, remove_trails=remove_trails)
+    return ASIDOpticalDetector(weights=weights, min_score=0.0, **options)
 
 
 def run_asid(image, fwhm=None, detector=None):
@@ -241,8 +246,8 @@ def run_segmentation(image, fwhm):
 
 def make_runner(name, weights=None):
     """``runner(image, fwhm) -> (x, y, score)`` for a finder name."""
-    if name in ("asid-optical", KEEP_TRAILS):
-        return partial(run_asid, detector=make_asid_detector(weights, name == "asid-optical"))
+    if name in ASID_VARIANTS:
+        return partial(run_asid, detector=make_asid_detector(weights, **ASID_VARIANTS[name]))
     return {"sep": run_sep, "dao": run_dao, "segmentation": run_segmentation}[name]
 
 
@@ -667,7 +672,7 @@ def _timing_child(name, npy, fwhm, weights, threads):
     image = np.load(npy)
     t0 = time.perf_counter()
     runner = make_runner(name, weights)
-    if name == "asid-optical":  # load the model and warm up outside the timed run
+    if name in ASID_VARIANTS:  # load the model and warm up outside the timed run
         runner(np.random.default_rng(0).normal(100.0, 10.0, (64, 64)).astype(np.float32))
     t_load = time.perf_counter() - t0
     try:  # reset the peak-RSS mark (Linux >= 4.0) so the peak is the run's own
@@ -794,7 +799,7 @@ def main(argv=None):
     parser.add_argument("--n-fields", type=int, default=20, help="fields per crowding level")
     parser.add_argument("--size", type=int, default=256, help="side of a simulated field (px)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--finders", nargs="+", choices=FINDERS + (KEEP_TRAILS,),
+    parser.add_argument("--finders", nargs="+", choices=FINDERS + (KEEP_TRAILS, NO_TRAIL_VETO),
                         default=list(FINDERS))
     parser.add_argument("--weights", help="asid-optical weights (default: the shipped model)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")

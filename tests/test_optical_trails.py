@@ -156,3 +156,69 @@ def test_snr_maps_bad_inputs():
         det.snr_maps(np.zeros((2, 64, 64)))
     with pytest.raises(ValueError, match="both background and noise"):
         det.snr_maps(np.ones((64, 64)), background=np.zeros((64, 64)))
+
+
+def test_snr_maps_returns_the_trails():
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    rng = np.random.default_rng(8)
+    shape = (256, 256)
+    data = 100.0 + 10.0 * (rng.standard_normal(shape) + _line(shape, np.radians(70), -30.0,
+                                                               1.5, 8.0))
+    *maps, trails = ASIDOpticalDetector().snr_maps(data, return_trails=True)
+    assert len(maps) == 4 and len(trails) == 1
+    assert abs(np.degrees(trails["angle"][0]) - 70.0) < 1.0
+    *_, none = ASIDOpticalDetector(remove_trails=False).snr_maps(data, return_trails=True)
+    assert len(none) == 0 and set(trails.colnames) == set(none.colnames)
+
+
+def test_trail_min_snr_drops_faint_candidates_on_the_band_only():
+    from astro_asid.detection.decoders import Candidates
+    from astro_asid.detection.optical import ASIDOpticalDetector
+
+    rng = np.random.default_rng(9)
+    shape = (128, 128)
+    snr = rng.standard_normal(shape)
+    angle, rho, sigma = np.radians(90.0), 0.0, 1.5      # the horizontal line y = 63.5
+    trails = find_trails(snr, max_trails=0)
+    trails.add_row(dict(angle=angle, rho=rho, sigma=sigma, amplitude=5.0, significance=20.0,
+                        length=128.0, x0=-0.5, y0=63.5, x1=127.5, y1=63.5))
+    # a faint peak and a bright star on the band, a faint peak off it
+    for x, y, amp in ((30, 64, 1.0), (90, 63, 8.0), (60, 20, 1.0)):
+        snr[y - 1:y + 2, x - 1:x + 2] = amp
+    cand = Candidates(np.array([30.0, 90.0, 60.0]), np.array([64.0, 63.0, 20.0]), np.ones(3))
+    det = ASIDOpticalDetector(trail_min_snr=5.0)
+    kept = det._veto_on_trails(cand, snr, trails)
+    np.testing.assert_array_equal(kept.x, [90.0, 60.0])
+    # the same in a block that starts at (y, x) = (100, 200) of the image
+    moved = Candidates(cand.x + 200, cand.y + 100, cand.raw_score)
+    np.testing.assert_array_equal(det._veto_on_trails(moved, snr, trails, (100, 200)).x,
+                                  [290.0, 260.0])
+    assert len(ASIDOpticalDetector(trail_min_snr=None)._veto_on_trails(cand, snr, trails)) == 3
+    assert len(det._veto_on_trails(cand, snr, trails[:0])) == 3
+
+
+def test_trail_min_snr_in_detection():
+    from astro_asid.detection.optical import ASIDOpticalDetector
+    from astro_asid.simulate.optical import OpticalSkySimulator
+
+    sim = OpticalSkySimulator(shape=(256, 256), crowding="moderate", trail_probability=1.0,
+                              cosmic_ray_density=(1e-9, 1e-9), seed=12)
+    fields = sim.sample_fields(2)
+    n_on = {}
+    for k in (None, 5.0):
+        det = ASIDOpticalDetector(min_score=0.3, trail_min_snr=k)
+        n_on[k] = 0
+        for f in fields:
+            snr, bad, _, _, trails = det.snr_maps(f.image, return_trails=True)
+            assert len(trails) == 1
+            tab = det.detect_snr(snr, bad, trails)
+            band = trail_model(snr.shape, trails)[1]
+            x = np.rint(np.asarray(tab["x_centroid"])).astype(int).clip(0, 255)
+            y = np.rint(np.asarray(tab["y_centroid"])).astype(int).clip(0, 255)
+            n_on[k] += int(band[y, x].sum())
+            # detection block by block (detect_arrays) applies the same rule
+            again = det.detect_arrays(f.image[np.newaxis])[0]
+            np.testing.assert_allclose(np.sort(np.asarray(again["x_centroid"])),
+                                       np.sort(np.asarray(tab["x_centroid"])))
+    assert n_on[5.0] < n_on[None]

@@ -42,8 +42,8 @@ def simulate_optical_candidates(n_fields, detector=None, seed=0, shape=(128, 128
     t0 = time.time()
     for j in range(int(n_fields)):
         f = sim.sample()
-        snr, _, _, noise = detector.snr_maps(f.image)
-        cand = detector.detect_snr(snr)
+        snr, _, _, noise, trails = detector.snr_maps(f.image, return_trails=True)
+        cand = detector.detect_snr(snr, trails=trails)
         x = np.asarray(cand["x_centroid"], float)
         y = np.asarray(cand["y_centroid"], float)
         if len(x) == 0:

@@ -70,6 +70,12 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         fold them into the background before detection
         (`~astro_asid.instruments.optical_trails`), so that trails are not
         reported and stars on them still are.
+    trail_min_snr : float or None
+        With ``remove_trails``, a candidate on a trail's band (within 3 sigma
+        of its centre line) is kept only if the S/N summed over the 3x3 pixels
+        around it (``sum / 3``, in noise units) reaches this value: a trail's
+        residual is not pure noise, so its ordinary noise peaks would otherwise
+        be reported along the trail. None keeps them all.
     device, tta, score, refine
         As for `~astro_asid.detection.ASIDUNetDetector`.
     """
@@ -82,7 +88,7 @@ class ASIDOpticalDetector(ASIDUNetDetector):
     def __init__(self, weights=None, min_score=0.1, log_sigma=1.5 / np.sqrt(2.0),
                  peak_threshold=0.02, score="log", refine="offset", box_size=64, device=None,
                  tile_size=256, overlap=32, batch_size=8, tta=1, block_tiles=8,
-                 remove_trails=True):
+                 remove_trails=True, trail_min_snr=5.0):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,
                          device=device, tile_size=tile_size, overlap=overlap,
@@ -92,6 +98,7 @@ class ASIDOpticalDetector(ASIDUNetDetector):
             raise ValueError(f"block_tiles must be >= 1, got {block_tiles}")
         self.block_tiles = int(block_tiles)
         self.remove_trails = bool(remove_trails)
+        self.trail_min_snr = None if trail_min_snr is None else float(trail_min_snr)
 
     def _decode_batch(self, x):
         maps = self._forward(x)
@@ -132,13 +139,37 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         xs, xb = self._tiles(shape[1])
         return ys, yb, xs, xb
 
-    def detect_snr(self, snr, bad=None):
-        """Candidates (pixel positions, calibrated scores) from a S/N image ``(ny, nx)``."""
+    def detect_snr(self, snr, bad=None, trails=None):
+        """Candidates (pixel positions, calibrated scores) from a S/N image ``(ny, nx)``;
+        ``trails`` (from ``snr_maps(..., return_trails=True)``) applies ``trail_min_snr``."""
         snr = np.asarray(snr, np.float32)
         bad = np.zeros(snr.shape, bool) if bad is None else np.asarray(bad, bool)
         grid = self._grid(snr.shape)
         jobs = [(iy, ix) for iy in range(len(grid[0])) for ix in range(len(grid[2]))]
-        return self._table(self._merge(self._run_tiles(snr, bad, grid, jobs)), snr.shape, bad)
+        cand = self._veto_on_trails(self._merge(self._run_tiles(snr, bad, grid, jobs)), snr,
+                                    trails)
+        return self._table(cand, snr.shape, bad)
+
+    def _veto_on_trails(self, cand, snr, trails, origin=(0, 0)):
+        """``cand`` (image coordinates) without those on a trail band of ``snr`` (which
+        starts at ``origin`` (y, x) of the image) whose 3x3 S/N is below
+        ``trail_min_snr``."""
+        if self.trail_min_snr is None or trails is None or not len(trails) or not len(cand):
+            return cand
+        from scipy.ndimage import uniform_filter
+
+        from astro_asid.instruments.optical_trails import trail_model
+
+        _, band = trail_model(snr.shape, trails)
+        ny, nx = snr.shape
+        iy = np.clip(np.rint(cand.y - origin[0]).astype(int), 0, ny - 1)
+        ix = np.clip(np.rint(cand.x - origin[1]).astype(int), 0, nx - 1)
+        on = band[iy, ix]
+        if not on.any():
+            return cand
+        # the 3x3 sum over sqrt(9): a PSF-sized matched filter in noise units
+        box = uniform_filter(np.asarray(snr, np.float64), 3, mode="constant") * 3.0
+        return cand.select(~on | (box[iy, ix] >= self.trail_min_snr))
 
     def blocks(self, shape):
         """The image's blocks: ``(jobs, (y0, y1, x0, x1))`` per block of ``block_tiles``
@@ -175,9 +206,9 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         own = image.background is not None and image.noise is not None
         return self.snr_maps(data, bad,
                              background=image.background[0][sl] if own else None,
-                             noise=image.noise[0][sl] if own else None)
+                             noise=image.noise[0][sl] if own else None, return_trails=True)
 
-    def snr_maps(self, data, bad=None, background=None, noise=None):
+    def snr_maps(self, data, bad=None, background=None, noise=None, return_trails=False):
         """The S/N image the network sees, from a 2-D image.
 
         Background and noise are ``background``/``noise`` when given, else
@@ -194,11 +225,17 @@ class ASIDOpticalDetector(ASIDUNetDetector):
             True marks pixels to ignore (non-finite pixels are always bad).
         background, noise : `~numpy.ndarray`, optional
             The image's own maps (both or neither).
+        return_trails : bool
+            Also return the trails found (for `detect_snr`).
 
         Returns
         -------
         snr, bad, background, noise : `~numpy.ndarray`
             float32 maps (``bad`` bool); ``snr`` is 0 on bad pixels.
+        trails : `~astropy.table.Table`
+            Only with ``return_trails``: the trails folded into the background
+            (`~astro_asid.instruments.optical_trails.find_trails`; no rows
+            without ``remove_trails``).
         """
         from astro_asid.instruments.optical import estimate_background
 
@@ -216,19 +253,27 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         else:
             back, noise = estimate_background(data, bad, box_size=self.box_size)
         snr = _snr(data, back, noise, bad)
+        trails = None
         if self.remove_trails:
-            snr, back, noise = self._remove_trails(data, bad, snr, back, noise, own_maps=own)
-        return snr.astype(np.float32, copy=False), bad, back, noise
+            snr, back, noise, trails = self._remove_trails(data, bad, snr, back, noise,
+                                                           own_maps=own)
+        out = (snr.astype(np.float32, copy=False), bad, back, noise)
+        if return_trails:
+            if trails is None:  # trails not searched: an empty table of the same columns
+                from astro_asid.instruments.optical_trails import find_trails
+                trails = find_trails(snr, bad, max_trails=0)
+            out += (trails,)
+        return out
 
     def _remove_trails(self, data, bad, snr, back, noise, own_maps):
         """S/N, background and noise with the trails found in ``snr`` folded into the
-        background (`~astro_asid.instruments.optical_trails`)."""
+        background (`~astro_asid.instruments.optical_trails`), and the trails' table."""
         from astro_asid.instruments.optical import estimate_background
         from astro_asid.instruments.optical_trails import find_trails, remove_trails, trail_model
 
         trails = find_trails(snr, bad)
         if not len(trails):
-            return snr, back, noise
+            return snr, back, noise, trails
         if not own_maps:
             # a trail raises the box background along it in patches: estimate it again
             # without the trails' bands, then refit the trails on the new S/N
@@ -239,7 +284,7 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         # the trails become background; their band's noise includes their shot noise
         back = (back + model * noise).astype(np.float32)
         noise = (noise * scale).astype(np.float32)
-        return _snr(data, back, noise, bad), back, noise
+        return _snr(data, back, noise, bad), back, noise, trails
 
     def block_margin(self, image):
         """Pixels added around a block for its background (none when the image has maps)."""
@@ -258,7 +303,8 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         if got is None:
             return Candidates.empty()
         snr, bad = got[:2]
-        return self._merge(self._run_tiles(snr, bad, grid, jobs, origin=origin))
+        cand = self._merge(self._run_tiles(snr, bad, grid, jobs, origin=origin))
+        return self._veto_on_trails(cand, snr, got[4] if len(got) > 4 else None, origin)
 
     def outer_bounds(self, image, bounds):
         """A block's ``bounds`` plus `block_margin`, clipped to the image."""

@@ -247,7 +247,7 @@ def _process_block(data, mask, block, detector, characterize, *, wcs, meta, back
     if model is None:
         model = resolve_block_characterizer(characterize, instrument)
     if model is not None:
-        _, region_bad, back, sigma = got
+        _, region_bad, back, sigma = got[:4]
         region = local.copy(mask=region_bad[np.newaxis], background=back[np.newaxis],
                             noise=sigma[np.newaxis])
         tab = characterize_candidates(characterize, region, tab, detector=det.name, model=model)
