@@ -77,7 +77,6 @@ class Block(OuterRegion):
     shape: tuple
 
 
-
 def plan_blocks(sky, detector):
     """The `Block` list of ``sky`` for a block-capable ``detector``.
 

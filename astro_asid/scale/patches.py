@@ -65,7 +65,6 @@ class Patch(OuterRegion):
     core: tuple
     outer: tuple
 
-
     def owns(self, x, y, margin=0):
         """Whether image pixel positions ``(x, y)`` lie in the core (the pixel whose
         centre is nearest, ``floor(v + 0.5)``, is a core pixel), or within
