@@ -725,7 +725,7 @@ def timing_table(names, size, seed, weights, threads):
         if "error" in r:
             print(f"| {n} | failed: {r['error']} | | | | | | |")
             continue
-        load = f"{r['load']:.1f}" if n == "asid-optical" else ""
+        load = f"{r['load']:.1f}" if n in ASID_VARIANTS else ""
         print(f"| {n} | {r['n']} | {r['wall']:.2f} | {mpix / r['wall']:.2f} | {r['rss0']:.0f} | "
               f"{r['peak']:.0f} | {r['peak'] - r['rss0']:.0f} | {load} |")
     reset = all(r.get("reset", True) for r in rows.values())
