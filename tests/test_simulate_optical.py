@@ -303,10 +303,30 @@ def test_optical_pool_and_cli_pass_the_options(monkeypatch):
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
     args = parser.parse_args(["asid-optical", "--fwhm-range", "1.0", "3.0", "--psf-variation",
-                              "0.1", "--bleed-probability", "0.5"])
+                              "0.1", "--bleed-probability", "0.5", "--remove-trails"])
     assert cli.run(args) == 0
     assert seen["fwhm_range"] == [1.0, 3.0] and seen["psf_variation"] == 0.1
-    assert seen["bleed_probability"] == 0.5
+    assert seen["bleed_probability"] == 0.5 and seen["remove_trails"] is True
     defaults = parser.parse_args(["asid-optical"])
     assert tuple(defaults.fwhm_range) == (1.8, 5.0)
     assert defaults.psf_variation == 0.0 and defaults.bleed_probability == 0.0
+    assert defaults.remove_trails is False
+
+
+def test_optical_pool_removes_trails_as_the_detector_does():
+    from astro_asid.detection.optical import ASIDOpticalDetector
+    from astro_asid.training import optical as training
+
+    kw = dict(shape=(128, 128), seed=5, keep_fields=True, trail_probability=1.0)
+    plain = training.simulate_optical_pool(4, **kw)
+    removed = training.simulate_optical_pool(4, remove_trails=True, **kw)
+    bright = 0
+    for f, a, b in zip(plain["fields"], plain["snr"], removed["snr"]):
+        band = f.artefact_mask == 2
+        # the network's input is the run-time S/N image, trails folded into the background
+        ref = ASIDOpticalDetector(box_size=32).snr_maps(f.image)[0]
+        np.testing.assert_allclose(b.astype(np.float32), ref, atol=0.01, rtol=1e-3)
+        if np.median(a[band]) > 3:  # a trail bright enough to be found and removed
+            bright += 1
+            assert np.median(b[band].astype(float)) < 1.0
+    assert bright >= 1

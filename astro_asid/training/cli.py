@@ -77,6 +77,9 @@ def add_arguments(parser):
     group.add_argument("--bleed-probability", type=float, default=0.0, metavar="P",
                        help="fraction of simulated fields whose saturated stars bleed "
                             "along the columns")
+    group.add_argument("--remove-trails", action="store_true",
+                       help="train on S/N images with the satellite trails found folded into "
+                            "the background, as the detector prepares them at run time")
     group = parser.add_argument_group("characterizer options")
     from astro_asid.characterize.train import add_arguments as add_char_arguments
     add_char_arguments(group)
@@ -106,7 +109,8 @@ def run(args):
                                artefact_weight=args.artefact_weight,
                                init_weights=args.init_weights,
                                fwhm_range=args.fwhm_range, psf_variation=args.psf_variation,
-                               bleed_probability=args.bleed_probability)
+                               bleed_probability=args.bleed_probability,
+                               remove_trails=args.remove_trails)
         return 0
     if args.detector == "characterizer":
         from astro_asid.characterize.train import train_characterizer

@@ -7,7 +7,9 @@
 1. `simulate_optical_pool`: `~astro_asid.simulate.optical.OpticalSkySimulator`
    fields turned into the detector's own input (background and noise from
    `~astro_asid.instruments.optical.estimate_background`, as at run time but
-   with 32 px boxes on the 128 px fields), with the positions of the sources to find (matched-filter
+   with 32 px boxes on the 128 px fields; with ``remove_trails`` the trails
+   found are folded into the background exactly as the detector does at run
+   time), with the positions of the sources to find (matched-filter
    S/N >= ``target_snr``); cosmic rays, trails and bleed streaks are in the
    images but not in the targets.
 2. Training: the multi-head U-Net (``seg`` disks of 1.5 px + ``offset``)
@@ -41,9 +43,22 @@ _DISK = 1.5
 _VECTOR = 3.0
 
 
-def field_snr(image, box_size=32):
+def field_snr(image, box_size=32, remove_trails=False):
     """S/N image ``(image - background) / noise`` and the noise map of a simulated field
-    (`~astro_asid.instruments.optical.estimate_background`), as the training sets use."""
+    (`~astro_asid.instruments.optical.estimate_background`), as the training sets use.
+
+    With ``remove_trails``, the satellite trails found are folded into the
+    background and noise (`ASIDOpticalDetector.snr_maps
+    <astro_asid.detection.optical.ASIDOpticalDetector.snr_maps>`), so that the
+    network trains on the input it sees at run time: trail residuals, not
+    whole trails.
+    """
+    if remove_trails:
+        from astro_asid.detection.optical import ASIDOpticalDetector
+
+        # snr_maps needs no weights: the detector is only its settings here
+        snr, _, _, noise = ASIDOpticalDetector(box_size=box_size).snr_maps(image)
+        return snr, noise
     from astro_asid.instruments.optical import estimate_background
 
     back, noise = estimate_background(image, box_size=box_size)
@@ -51,14 +66,14 @@ def field_snr(image, box_size=32):
 
 
 def _pool_chunk(args):
-    n, shape, seed, target_snr, keep_fields, sim_options = args
+    n, shape, seed, target_snr, keep_fields, remove_trails, sim_options = args
     from astro_asid.simulate.optical import OpticalSkySimulator
 
     sim = OpticalSkySimulator(shape=shape, seed=seed, **sim_options)
     snr, xy, art, fields = [], [], [], []
     for _ in range(n):
         f = sim.sample()
-        snr.append(field_snr(f.image)[0].astype(np.float16))
+        snr.append(field_snr(f.image, remove_trails=remove_trails)[0].astype(np.float16))
         art.append(f.artefact_mask.astype(np.uint8))
         keep = f.truth["snr"] >= target_snr
         xy.append(np.column_stack([f.truth["x"][keep], f.truth["y"][keep]]).astype(np.float32))
@@ -68,11 +83,13 @@ def _pool_chunk(args):
 
 
 def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TARGET_SNR,
-                          keep_fields=False, **sim_options):
+                          keep_fields=False, remove_trails=False, **sim_options):
     """Simulated fields as network-ready S/N images with target positions.
 
     Parameters
     ----------
+    remove_trails : bool
+        Fold the trails found into the background first (`field_snr`).
     **sim_options
         Passed to `~astro_asid.simulate.optical.OpticalSkySimulator`
         (e.g. ``trail_probability``, ``cosmic_ray_density``, ``fwhm_range``,
@@ -89,7 +106,7 @@ def simulate_optical_pool(n, shape=(128, 128), seed=0, workers=1, target_snr=TAR
     workers = max(1, int(workers))
     per = -(-int(n) // workers)
     tasks = [(min(per, n - w * per), tuple(shape), seed * 1000 + w, target_snr, keep_fields,
-              sim_options)
+              bool(remove_trails), sim_options)
              for w in range(workers) if n - w * per > 0]
     if workers > 1:
         with ProcessPoolExecutor(workers) as ex:
@@ -250,7 +267,7 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
                            workers=1, device="auto", threads=None, command=None, log=print,
                            trail_probability=0.3, cosmic_ray_density=(1e-4, 1e-3),
                            artefact_weight=0.0, init_weights=None, fwhm_range=(1.8, 5.0),
-                           psf_variation=0.0, bleed_probability=0.0):
+                           psf_variation=0.0, bleed_probability=0.0, remove_trails=False):
     """Simulate, train, calibrate and write ``out/asid-optical.{safetensors,json}``.
 
     ``trail_probability`` and ``cosmic_ray_density`` set the artefacts of the
@@ -261,6 +278,10 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
     simulator's ``bleed``: the fraction of fields whose saturated stars
     bleed) describe the frames themselves, so they apply to the training,
     validation and calibration fields alike.
+    ``remove_trails`` trains on S/N images whose trails were folded into the
+    background, as `~astro_asid.detection.optical.ASIDOpticalDetector` (with
+    its default ``remove_trails=True``) prepares them at run time; the
+    network then learns to ignore what the removal leaves of a trail.
     ``artefact_weight`` up-weights the loss on artefact pixels
     (`make_batch_fn`). ``init_weights`` starts from an existing
     ``asid-optical`` model (fine-tuning; its architecture is kept).
@@ -281,8 +302,10 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
               "psf_variation": float(psf_variation), "bleed": float(bleed_probability)}
     pool = simulate_optical_pool(n_fields, shape, seed=seed, workers=workers,
                                  trail_probability=float(trail_probability),
-                                 cosmic_ray_density=tuple(cosmic_ray_density), **frames)
-    val_pool = simulate_optical_pool(64, shape, seed=seed + 500, **frames)
+                                 cosmic_ray_density=tuple(cosmic_ray_density),
+                                 remove_trails=remove_trails, **frames)
+    val_pool = simulate_optical_pool(64, shape, seed=seed + 500, remove_trails=remove_trails,
+                                     **frames)
     t_sim = time.time() - t0
     log(f"simulated {n_fields} training fields in {t_sim:.0f} s")
     config = {"in_channels": 2, "base_width": int(base_width), "depth": int(depth),
@@ -326,6 +349,7 @@ def train_optical_detector(out, n_fields=3000, n_calibration=200, steps=3000, ba
                      "fwhm_range": list(frames["fwhm_range"]),
                      "psf_variation": frames["psf_variation"],
                      "bleed_probability": frames["bleed"],
+                     "remove_trails": bool(remove_trails),
                      "init_weights": None if init_weights is None else Path(init_weights).name,
                      "init_model": init_card,
                      "device": str(select_device(device)),
