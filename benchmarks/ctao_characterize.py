@@ -18,10 +18,12 @@ markdown:
 Usage::
 
     python benchmarks/ctao_characterize.py [--n-test 300] [--seed 103] [--cache DIR] [--plots DIR]
+                                           [--weights PATH]
 
 ``--seed 103`` with 300 patches is the test set of the training command, whose
 numbers are in the model card; any other seed gives a fresh set (about
-1 s per patch to simulate on one core).
+1 s per patch to simulate on one core). ``--weights`` evaluates another
+characteriser (a ``.safetensors`` file with its card, e.g. a retrained one).
 """
 
 import argparse
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from astro_asid.characterize import metrics, report, shipped_characterizer
+from astro_asid.characterize import Characterizer, metrics, report, shipped_characterizer
 from astro_asid.characterize.data import INSTRUMENTS
 from astro_asid.characterize.train import _injected, _load_or_simulate, evaluate
 
@@ -86,8 +88,9 @@ def main(argv=None):
     p.add_argument("--cache", default=None, help="folder of cached simulated sets")
     p.add_argument("--workers", type=int, default=1, help="simulation processes")
     p.add_argument("--plots", default=None, help="folder for reliability and P/R plots")
+    p.add_argument("--weights", help="a characteriser's .safetensors (default: the shipped one)")
     a = p.parse_args(argv)
-    char = shipped_characterizer("ctao")
+    char = Characterizer.load(a.weights) if a.weights else shipped_characterizer("ctao")
     if char is None:
         raise SystemExit("no CTAO characteriser is installed")
     spec = INSTRUMENTS["ctao"]
