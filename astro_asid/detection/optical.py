@@ -194,7 +194,8 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         (callers add ``box_size`` pixels around the block); with
         ``remove_trails``, trails found in the region are added to the
         background and their shot noise to the noise. Returns
-        ``(snr, bad, background, noise)``, float32 maps of the region; None
+        ``(snr, bad, background, noise, trails)``: float32 maps of the region
+        and the trails' table (`snr_maps` with ``return_trails=True``); None
         when every pixel is bad.
         """
         a0, a1, b0, b1 = outer
@@ -302,9 +303,9 @@ class ASIDOpticalDetector(ASIDUNetDetector):
         (got, origin) = maps
         if got is None:
             return Candidates.empty()
-        snr, bad = got[:2]
+        snr, bad, _, _, trails = got
         cand = self._merge(self._run_tiles(snr, bad, grid, jobs, origin=origin))
-        return self._veto_on_trails(cand, snr, got[4] if len(got) > 4 else None, origin)
+        return self._veto_on_trails(cand, snr, trails, origin)
 
     def outer_bounds(self, image, bounds):
         """A block's ``bounds`` plus `block_margin`, clipped to the image."""

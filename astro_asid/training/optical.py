@@ -44,25 +44,20 @@ _VECTOR = 3.0
 
 
 def field_snr(image, box_size=32, remove_trails=False):
-    """S/N image ``(image - background) / noise`` and the noise map of a simulated field
-    (`~astro_asid.instruments.optical.estimate_background`), as the training sets use.
+    """S/N image ``(image - background) / noise`` and the noise map of a simulated field,
+    as the training sets use: `ASIDOpticalDetector.snr_maps
+    <astro_asid.detection.optical.ASIDOpticalDetector.snr_maps>` with ``box_size``.
 
     With ``remove_trails``, the satellite trails found are folded into the
-    background and noise (`ASIDOpticalDetector.snr_maps
-    <astro_asid.detection.optical.ASIDOpticalDetector.snr_maps>`), so that the
-    network trains on the input it sees at run time: trail residuals, not
-    whole trails.
+    background and noise, so that the network trains on the input it sees at
+    run time: trail residuals, not whole trails.
     """
-    if remove_trails:
-        from astro_asid.detection.optical import ASIDOpticalDetector
+    from astro_asid.detection.optical import ASIDOpticalDetector
 
-        # snr_maps needs no weights: the detector is only its settings here
-        snr, _, _, noise = ASIDOpticalDetector(box_size=box_size).snr_maps(image)
-        return snr, noise
-    from astro_asid.instruments.optical import estimate_background
-
-    back, noise = estimate_background(image, box_size=box_size)
-    return ((image - back) / noise).astype(np.float32), noise
+    # snr_maps needs no weights: the detector is only its settings here
+    detector = ASIDOpticalDetector(box_size=box_size, remove_trails=remove_trails)
+    snr, _, _, noise = detector.snr_maps(image)
+    return snr, noise
 
 
 def _pool_chunk(args):
