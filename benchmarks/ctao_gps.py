@@ -20,7 +20,7 @@ prod3b-v2 South response, 20 h, hadronic + diffuse background). Detectors:
   sigma per band and the exposure. By default the deep CTAO detector
   ``asid-ctao`` when it is registered (skipped with a message otherwise).
 
-Matching (documented rule): detections are visited by decreasing score over
+Matching (`astro_asid.evaluate.ctao.match`): detections are visited by decreasing score over
 all patches; each takes the nearest not-yet-matched true source of its patch
 within ``max(0.1 deg, 2 sigma_PSF + sigma_src)``, with ``sigma_PSF`` the
 Gaussian PSF sigma of the middle band (0.788-8.88 TeV, 0.030 deg) and
@@ -59,10 +59,12 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table, vstack
 
+from astro_asid.evaluate.ctao import match, truth_table
 from astro_asid.simulate.ctao import CRAB_FLUX_1TEV, CTAOSkySimulator, to_gammapy_dataset
 
 BASELINE = "gammapy-tsmap"
 DEEP = "asid-ctao"
+SINGLE_SCALE = "asid-ctao-single-scale"   # asid-ctao on the map alone, not on binned copies
 PRECISION = 0.9
 FLUX_BINS = 10 ** np.arange(np.log10(1.5e-14), np.log10(2e-11) + 0.25, 0.25)
 _DET_COLS = ("patch", "x", "y", "score")
@@ -109,6 +111,8 @@ def run_gammapy_tsmap(batch, kernel="point", kernel_sigma_deg=0.1, downsample=2,
 
 def make_astro_asid_detector(name):
     from astro_asid import get_detector
+    if name == SINGLE_SCALE:
+        return get_detector(DEEP, min_score=0.01, scales=(1,))
     if name == "tsmap":
         return get_detector("tsmap", background=None, ts_threshold=4.0)  # image.background
     try:
@@ -152,66 +156,6 @@ def _stack(rows):
 
 
 # -- scoring -----------------------------------------------------------------------------------
-def truth_table(batch):
-    """Inside and margin sources of all patches, with ``patch``, ``inside`` and ``radius``."""
-    psf_mid = float(batch.psf_sigma_deg[1].to_value(u.deg))
-    rows = []
-    for i in range(len(batch)):
-        for tab, inside in ((batch.sources[i], True), (batch.outside_sources[i], False)):
-            if not len(tab):
-                continue
-            sig = u.Quantity(tab["sigma_deg"]).to_value(u.deg)
-            rows.append(Table({
-                "patch": np.full(len(tab), i), "x": np.asarray(tab["x"], float),
-                "y": np.asarray(tab["y"], float),
-                "flux_1tev": u.Quantity(tab["flux_1tev"]).to_value("cm-2 s-1"),
-                "lat": np.asarray(tab["lat"], float), "inside": np.full(len(tab), inside),
-                "sigma_deg": sig, "radius": np.maximum(0.1, 2 * psf_mid + sig)}))
-    return vstack(rows)
-
-
-def match(preds, truth, cdelt):
-    """Greedy matching by decreasing score (see the module docstring).
-
-    Returns
-    -------
-    order : `~numpy.ndarray`
-        Prediction indices by decreasing score, ignored ones (margin sources) removed.
-    tp : `~numpy.ndarray` of bool
-        Whether each prediction in ``order`` is a true positive.
-    found_at : `~numpy.ndarray`
-        For each inside true source, the rank in ``order`` of the detection
-        that found it (``len(order)`` when never found).
-    """
-    inside_idx = np.flatnonzero(truth["inside"])
-    rank_of_truth = {int(k): j for j, k in enumerate(inside_idx)}
-    found_at = np.full(len(inside_idx), -1)
-    taken = np.zeros(len(truth), bool)
-    by_patch = {p: np.flatnonzero(truth["patch"] == p) for p in np.unique(truth["patch"])}
-    tx, ty = np.asarray(truth["x"]), np.asarray(truth["y"])
-    coslat = np.cos(np.deg2rad(np.asarray(truth["lat"])))
-    radius = np.asarray(truth["radius"])
-    order, tp = [], []
-    for k in np.argsort(-np.asarray(preds["score"], float), kind="stable"):
-        cand = by_patch.get(int(preds["patch"][k]), np.zeros(0, int))
-        cand = cand[~taken[cand]]
-        sep = cdelt * np.hypot((tx[cand] - preds["x"][k]) * coslat[cand], ty[cand] - preds["y"][k])
-        ok = sep <= radius[cand]
-        if not ok.any():
-            order.append(k)
-            tp.append(False)
-            continue
-        j = cand[ok][np.argmin(sep[ok])]
-        taken[j] = True
-        if not truth["inside"][j]:
-            continue                   # a margin source: neither true nor false
-        found_at[rank_of_truth[int(j)]] = len(order)
-        order.append(k)
-        tp.append(True)
-    found_at[found_at < 0] = len(order)
-    return np.array(order, int), np.array(tp, bool), found_at
-
-
 def pr_curve(preds, tp, order, n_true):
     """Precision and recall for thresholds at every distinct score (decreasing)."""
     score = np.asarray(preds["score"], float)[order]
@@ -343,7 +287,7 @@ def main(argv=None):
 
     results, timing = [], {}
     for name in names:
-        if name != BASELINE and name not in available:
+        if name not in (BASELINE, SINGLE_SCALE) and name not in available:
             print(f"# {name} is not registered: skipped", file=sys.stderr)
             continue
         try:

@@ -49,6 +49,7 @@ from astro_asid.detection.base import Detector
 from astro_asid.detection.decoders import (ScoreCalibration, centroid_votes,
                                            direction_convergence, kmeans_penalised, log_peaks,
                                            refine_positions)
+from astro_asid.detection.multiscale import bin_counts, check_scales, merge_scales
 from astro_asid.nn.io import load_weights, shipped_model_path, weights_path
 from astro_asid.nn.normalize import model_input
 from astro_asid.nn.unet import build_unet, inference_copy
@@ -156,6 +157,17 @@ def _inference_model(model):
             fast = (model, inference_copy(model))
             _CACHE[("inference", id(model))] = fast
     return fast[1]
+
+
+def _as_stack(cubes, masks):
+    """``(n, n_bands, ny, nx)`` float32 cubes (a ``(n, ny, nx)`` stack gets one band) and
+    masks broadcast to them (or None)."""
+    cubes = np.asarray(cubes, dtype=np.float32)
+    if cubes.ndim == 3:
+        cubes = cubes[:, np.newaxis]
+    if masks is not None:
+        masks = np.broadcast_to(np.asarray(masks, bool), cubes.shape)
+    return cubes, masks
 
 
 class DeepDetector(Detector):
@@ -334,7 +346,7 @@ class DeepDetector(Detector):
         """Candidates of one image from its maps (``seg`` (ny, nx), ...)."""
         raise NotImplementedError
 
-    def _table(self, cand, shape, mask2d):
+    def _table(self, cand, shape, mask2d, calibration=None):
         ny, nx = shape
         inside = ((cand.x >= -0.5) & (cand.x < nx - 0.5)
                   & (cand.y >= -0.5) & (cand.y < ny - 0.5))
@@ -343,7 +355,7 @@ class DeepDetector(Detector):
             ok = ~mask2d[np.clip(np.rint(cand.y).astype(int), 0, ny - 1),
                          np.clip(np.rint(cand.x).astype(int), 0, nx - 1)]
             cand = cand.select(ok)
-        cal = self._calibration()
+        cal = calibration or self._calibration()
         if cal is not None:
             score = cal(cand.raw_score)
         else:
@@ -378,17 +390,17 @@ class DeepDetector(Detector):
         list of `~astropy.table.QTable`
             One table per image, as `detect` returns.
         """
-        cubes = np.asarray(cubes, dtype=np.float32)
-        if cubes.ndim == 3:
-            cubes = cubes[:, np.newaxis]
-        if masks is not None:
-            masks = np.broadcast_to(np.asarray(masks, bool), cubes.shape)
+        return self._detect_stack(*_as_stack(cubes, masks))
+
+    def _detect_stack(self, cubes, masks, calibration=None):
+        """`detect_arrays` on checked ``(n, n_bands, ny, nx)`` cubes, with an optional
+        score calibration in place of the card's."""
         maps = self.predict_maps(cubes, masks)
         out = []
         for i in range(len(cubes)):
             one = {k: v[i] for k, v in maps.items()}
             m2 = None if masks is None else np.all(masks[i], axis=0)
-            out.append(self._table(self.decode(one), cubes.shape[2:], m2))
+            out.append(self._table(self.decode(one), cubes.shape[2:], m2, calibration))
         return out
 
     def detect(self, image):
@@ -574,20 +586,127 @@ class ASIDCTAODetector(ASIDUNetDetector):
     `astro_asid.simulate.ctao.CTAOSkySimulator` patches: three bands
     (0.07-0.788, 0.788-8.88, 8.88-100 TeV), point-like and extended
     (Gaussian, up to 0.5 deg) sources. Images larger than ``tile_size``
-    (128 px) are tiled with overlap. Takes the same options.
+    (128 px) are tiled with overlap.
+
+    Sources much wider than the PSF (sigma of 0.2-0.5 deg) spread their counts
+    too thinly for the network at 0.02 deg, so the same network also runs on
+    copies of the map binned ``f x f`` (`~astro_asid.detection.multiscale`):
+    there they have the widths it was trained on. Each binning has its own
+    score calibration (precision on simulated survey patches, fitted by
+    ``python -m astro_asid.training.ctao_scales``), and the catalogues are
+    merged: a detection is dropped when one of another binning with a higher
+    score lies within ``merge_radius``. The output has a ``scale`` column, the
+    binning that found each source.
+
+    Parameters
+    ----------
+    scales : sequence of int, optional
+        Binning factors, 1 (the map itself) included. Default: those the
+        model card calibrates (``scale_calibration``), else ``(1,)``.
+    merge_radius : float
+        Radius (unbinned pixels) within which detections of different binnings
+        are one source.
+    **kwargs
+        `ASIDUNetDetector` options.
     """
 
     name = "asid-ctao"
-    description = "U-Net + LoG peaks for CTAO survey maps (0.02 deg pixels, 3 bands)"
+    description = "U-Net + LoG peaks for CTAO survey maps (0.02 deg pixels, 3 bands, multi-scale)"
     instruments = ("ctao",)
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
                  peak_threshold=0.02, score="log", refine="offset", device=None, tile_size=128,
-                 overlap=32, batch_size=32, tta=1):
+                 overlap=32, batch_size=32, tta=1, scales=None, merge_radius=8.0):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,
                          device=device, tile_size=tile_size, overlap=overlap,
                          batch_size=batch_size, tta=tta)
+        self._scales = None if scales is None else check_scales(scales)
+        if not float(merge_radius) > 0:
+            raise ValueError(f"merge_radius must be > 0 pixels, got {merge_radius!r}")
+        self.merge_radius = float(merge_radius)
+
+    def _multiscale_card(self):
+        return self.card.get("scale_calibration", {}).get(self.name) or {}
+
+    @property
+    def scales(self):
+        """The binning factors used (see the class docstring)."""
+        if self._scales is not None:
+            return self._scales
+        return check_scales(self._multiscale_card().get("scales", (1,)))
+
+    @property
+    def halo_pixels(self):
+        """``tile_size`` times the largest binning (a binned tile covers that much)."""
+        return self.tile_size * max(self.scales)
+
+    def scale_calibrations(self, scales=None):
+        """The `~astro_asid.detection.decoders.ScoreCalibration` of each binning.
+
+        With ``scales == (1,)`` the card's own calibration is used (None here).
+
+        Raises
+        ------
+        WeightsError
+            The card has no calibration for one of the binnings.
+        """
+        scales = self.scales if scales is None else check_scales(scales)
+        if scales == (1,):
+            return {1: None}
+        cals = self._multiscale_card().get("calibration", {})
+        missing = [s for s in scales if str(s) not in cals]
+        if missing:
+            raise WeightsError(
+                f"{self.name}: the model card has no score calibration for binning(s) "
+                f"{missing}; fit them with `python -m astro_asid.training.ctao_scales` or "
+                "pass scales=(1,)")
+        return {s: ScoreCalibration.from_dict(cals[str(s)]) for s in scales}
+
+    def detect_at_scale(self, cubes, masks, scale, calibration=None):
+        """Detections of the map binned ``scale x scale``, in unbinned pixels.
+
+        Parameters
+        ----------
+        cubes, masks
+            As `detect_arrays` takes them.
+        scale : int
+            Binning factor (1: the map itself).
+        calibration : `~astro_asid.detection.decoders.ScoreCalibration`, optional
+            Score calibration of this binning (default: the card's own).
+
+        Returns
+        -------
+        list of `~astropy.table.QTable`
+            One per image, with a ``scale`` column; positions and their errors
+            in unbinned pixels.
+        """
+        cubes, masks = _as_stack(cubes, masks)
+        if scale != 1:
+            cubes, masks = bin_counts(cubes, masks, scale)
+        tabs = self._detect_stack(cubes, masks, calibration)
+        for tab in tabs:
+            # the centre of binned pixel i is unbinned pixel (i + 0.5) * scale - 0.5
+            for c in ("x_centroid", "y_centroid"):
+                tab[c] = (tab[c] + 0.5) * scale - 0.5
+            for c in ("x_err", "y_err"):
+                if c in tab.colnames:
+                    tab[c] = tab[c] * scale
+            tab["scale"] = np.full(len(tab), int(scale), dtype=np.int16)
+        return tabs
+
+    def detect_arrays(self, cubes, masks=None):
+        scales = self.scales
+        cals = self.scale_calibrations(scales)
+        per_scale = [self.detect_at_scale(cubes, masks, s, cals[s]) for s in scales]
+        out = []
+        for tabs in zip(*per_scale):
+            tab = merge_scales(list(tabs), self.merge_radius)
+            tab.meta["scales"] = list(scales)
+            out.append(tab)
+        return out
+
+    detect_arrays.__doc__ = DeepDetector.detect_arrays.__doc__
 
 
 #: The deep Fermi-LAT detectors (one shared network), for the built-in plugin registration.
