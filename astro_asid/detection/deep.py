@@ -591,9 +591,10 @@ class ASIDCTAODetector(ASIDUNetDetector):
     Sources much wider than the PSF (sigma of 0.2-0.5 deg) spread their counts
     too thinly for the network at 0.02 deg, so the same network also runs on
     copies of the map binned ``f x f`` (`~astro_asid.detection.multiscale`):
-    there they have the widths it was trained on. Each binning has its own
-    score calibration (precision on simulated survey patches, fitted by
-    ``python -m astro_asid.training.ctao_scales``), and the catalogues are
+    there they have the widths it was trained on. Each binned pass has its
+    own score calibration (its precision on simulated survey patches, fitted by
+    ``python -m astro_asid.training.ctao_scales``; the map's own detections keep
+    the card's calibration, which the characteriser was fitted on), and the catalogues are
     merged: a detection is dropped when one of another binning with a higher
     score lies within ``merge_radius``. The output has a ``scale`` column, the
     binning that found each source.
@@ -606,6 +607,9 @@ class ASIDCTAODetector(ASIDUNetDetector):
     merge_radius : float
         Radius (unbinned pixels) within which detections of different binnings
         are one source.
+    binned_min_score : float
+        Detections of the binned maps with a lower calibrated score are
+        dropped (``min_score`` applies to the map's own).
     **kwargs
         `ASIDUNetDetector` options.
     """
@@ -616,7 +620,8 @@ class ASIDCTAODetector(ASIDUNetDetector):
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
                  peak_threshold=0.02, score="log", refine="offset", device=None, tile_size=128,
-                 overlap=32, batch_size=32, tta=1, scales=None, merge_radius=8.0):
+                 overlap=32, batch_size=32, tta=1, scales=None, merge_radius=8.0,
+                 binned_min_score=0.5):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,
                          device=device, tile_size=tile_size, overlap=overlap,
@@ -625,6 +630,9 @@ class ASIDCTAODetector(ASIDUNetDetector):
         if not float(merge_radius) > 0:
             raise ValueError(f"merge_radius must be > 0 pixels, got {merge_radius!r}")
         self.merge_radius = float(merge_radius)
+        if not 0.0 <= float(binned_min_score) <= 1.0:
+            raise ValueError(f"binned_min_score must be within 0..1, got {binned_min_score}")
+        self.binned_min_score = float(binned_min_score)
 
     def _multiscale_card(self):
         return self.card.get("scale_calibration", {}).get(self.name) or {}
@@ -644,7 +652,7 @@ class ASIDCTAODetector(ASIDUNetDetector):
     def scale_calibrations(self, scales=None):
         """The `~astro_asid.detection.decoders.ScoreCalibration` of each binning.
 
-        With ``scales == (1,)`` the card's own calibration is used (None here).
+        The map itself (binning 1) keeps the card's own calibration (None here).
 
         Raises
         ------
@@ -655,13 +663,13 @@ class ASIDCTAODetector(ASIDUNetDetector):
         if scales == (1,):
             return {1: None}
         cals = self._multiscale_card().get("calibration", {})
-        missing = [s for s in scales if str(s) not in cals]
+        missing = [s for s in scales[1:] if str(s) not in cals]
         if missing:
             raise WeightsError(
                 f"{self.name}: the model card has no score calibration for binning(s) "
                 f"{missing}; fit them with `python -m astro_asid.training.ctao_scales` or "
                 "pass scales=(1,)")
-        return {s: ScoreCalibration.from_dict(cals[str(s)]) for s in scales}
+        return {1: None, **{s: ScoreCalibration.from_dict(cals[str(s)]) for s in scales[1:]}}
 
     def detect_at_scale(self, cubes, masks, scale, calibration=None):
         """Detections of the map binned ``scale x scale``, in unbinned pixels.
@@ -699,6 +707,11 @@ class ASIDCTAODetector(ASIDUNetDetector):
         scales = self.scales
         cals = self.scale_calibrations(scales)
         per_scale = [self.detect_at_scale(cubes, masks, s, cals[s]) for s in scales]
+        for tabs in per_scale[1:]:
+            # the binned passes are for sources the map itself misses, not another faint
+            # tail: the characteriser was fitted on the map's own candidates
+            for i, tab in enumerate(tabs):
+                tabs[i] = tab[np.asarray(tab["score"]) >= self.binned_min_score]
         out = []
         for tabs in zip(*per_scale):
             tab = merge_scales(list(tabs), self.merge_radius)

@@ -2,9 +2,9 @@
 
 `~astro_asid.detection.deep.ASIDCTAODetector` runs its network on the map
 and on copies binned 2x2 and 4x4 (`astro_asid.detection.multiscale`). The
-raw scores of different binnings do not mean the same thing, so each gets
-its own isotonic calibration: the fraction of true sources among the
-detections it keeps after the merge, on simulated survey patches
+raw scores of different binnings do not mean the same thing, so each binned
+pass gets its own isotonic calibration (the map itself keeps the card's):
+the fraction of true sources among the detections it keeps after the merge, on simulated survey patches
 (`~astro_asid.simulate.ctao.CTAOSkySimulator`, 512 x 512 pixels at the
 survey's source density), matched with the benchmark's rule
 (`astro_asid.evaluate.ctao.match`). The merge itself depends on the scores,
@@ -85,8 +85,8 @@ def fit_scale_calibration(weights=None, n_patches=64, seed=1000, scales=DEFAULT_
     dict
         The card's ``scale_calibration`` entry for ``asid-ctao``: ``scales``,
         ``merge_radius_px``, ``calibration`` (one
-        `~astro_asid.detection.decoders.ScoreCalibration` dict per binning)
-        and what it was fitted on.
+        `~astro_asid.detection.decoders.ScoreCalibration` dict per binning
+        but 1, which keeps the card's own) and what it was fitted on.
     """
     from astro_asid.detection.decoders import ScoreCalibration
     from astro_asid.detection.deep import ASIDCTAODetector
@@ -114,6 +114,8 @@ def fit_scale_calibration(weights=None, n_patches=64, seed=1000, scales=DEFAULT_
         done += n
         log(f"# {done}/{n_patches} patches simulated and detected ({time.time() - t0:.0f} s)")
     dets, truth, cdelt = vstack(dets), vstack(truths), batch.cdelt
+    # the map itself keeps the card's calibration: its scores (and the characteriser fitted
+    # on them) stay as they were; only the binned detections are put on that scale
     base = det._calibration()
     cals = {s: base for s in scales}
     for r in range(n_rounds):
@@ -121,13 +123,14 @@ def fit_scale_calibration(weights=None, n_patches=64, seed=1000, scales=DEFAULT_
         order, tp, _ = match(merged, truth, cdelt)
         kept_scale = np.asarray(merged["scale"])[order]
         kept_raw = np.asarray(merged["raw"])[order]
-        cals = {s: ScoreCalibration.fit(kept_raw[kept_scale == s], tp[kept_scale == s])
-                for s in scales}
+        cals = {1: base, **{s: ScoreCalibration.fit(kept_raw[kept_scale == s],
+                                                    tp[kept_scale == s])
+                            for s in scales[1:]}}
         log(f"# round {r + 1}: " + ", ".join(
             f"binning {s}: {np.sum(kept_scale == s)} kept, {np.sum(tp[kept_scale == s])} true"
             for s in scales))
     return {"scales": list(scales), "merge_radius_px": float(merge_radius),
-            "calibration": {str(s): c.to_dict() for s, c in cals.items()},
+            "calibration": {str(s): cals[s].to_dict() for s in scales[1:]},
             "fitted_on": {"simulator": "CTAOSkySimulator", "n_patches": int(n_patches),
                           "npix": 512, "seed": int(seed), "n_rounds": int(n_rounds),
                           "n_true_inside": int(np.sum(truth["inside"])),
