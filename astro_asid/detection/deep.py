@@ -594,8 +594,8 @@ class ASIDCTAODetector(ASIDUNetDetector):
     there they have the widths it was trained on. Each binned pass has its
     own score calibration (its precision on simulated survey patches, fitted by
     ``python -m astro_asid.training.ctao_scales``; the map's own detections keep
-    the card's calibration, which the characteriser was fitted on), and the catalogues are
-    merged: a detection is dropped when one of another binning with a higher
+    the card's calibration, which the characteriser was fitted on), and the
+    catalogues are merged: a detection is dropped when one of another binning with a higher
     score lies within ``merge_radius``. The output has a ``scale`` column, the
     binning that found each source.
 
@@ -660,8 +660,6 @@ class ASIDCTAODetector(ASIDUNetDetector):
             The card has no calibration for one of the binnings.
         """
         scales = self.scales if scales is None else check_scales(scales)
-        if scales == (1,):
-            return {1: None}
         cals = self._multiscale_card().get("calibration", {})
         missing = [s for s in scales[1:] if str(s) not in cals]
         if missing:

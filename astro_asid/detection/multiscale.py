@@ -71,16 +71,16 @@ def merge_scales(tables, radius, tie=0.02):
 
     Detections are visited by decreasing ``score - tie * log2(scale)``; one
     is dropped when a detection of *another* binning, already kept, lies
-    within ``radius`` pixels (of the unbinned map). Detections of the same binning never suppress each other: their decoder
-    already separated them. The small ``tie`` term hands near-ties (a bright
-    point source scores about 1 at every binning) to the finer binning,
-    whose position is better.
+    within ``radius`` pixels (of the unbinned map). Detections of the same
+    binning never suppress each other: their decoder already separated them.
+    The small ``tie`` term hands near-ties (a bright point source scores about
+    1 at every binning) to the finer binning, whose position is better.
 
     Parameters
     ----------
     tables : list of `~astropy.table.QTable`
-        One per binning (at least one), with ``x_centroid``, ``y_centroid`` (unbinned
-        pixels), ``score`` and ``scale`` columns.
+        One per binning (at least one), with ``x_centroid``, ``y_centroid``
+        (unbinned pixels), ``score`` and ``scale`` columns.
     radius : float
         Suppression radius in unbinned pixels.
     tie : float

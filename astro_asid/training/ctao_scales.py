@@ -4,9 +4,9 @@
 and on copies binned 2x2 and 4x4 (`astro_asid.detection.multiscale`). The
 raw scores of different binnings do not mean the same thing, so each binned
 pass gets its own isotonic calibration (the map itself keeps the card's):
-the fraction of true sources among the detections it keeps after the merge, on simulated survey patches
-(`~astro_asid.simulate.ctao.CTAOSkySimulator`, 512 x 512 pixels at the
-survey's source density), matched with the benchmark's rule
+the fraction of true sources among the detections it keeps after the merge,
+on simulated survey patches (`~astro_asid.simulate.ctao.CTAOSkySimulator`,
+512 x 512 pixels at the survey's source density), matched with the benchmark's rule
 (`astro_asid.evaluate.ctao.match`). The merge itself depends on the scores,
 so the fit is repeated with the scores of the previous round.
 
@@ -90,8 +90,8 @@ def fit_scale_calibration(weights=None, n_patches=64, seed=1000, scales=DEFAULT_
     """
     from astro_asid.detection.decoders import ScoreCalibration
     from astro_asid.detection.deep import ASIDCTAODetector
-    from astro_asid.evaluate.ctao import match, truth_table
     from astro_asid.detection.multiscale import check_scales
+    from astro_asid.evaluate.ctao import match, truth_table
     from astro_asid.simulate.ctao import CTAOSkySimulator
 
     scales = check_scales(scales)
@@ -115,7 +115,8 @@ def fit_scale_calibration(weights=None, n_patches=64, seed=1000, scales=DEFAULT_
         log(f"# {done}/{n_patches} patches simulated and detected ({time.time() - t0:.0f} s)")
     dets, truth, cdelt = vstack(dets), vstack(truths), batch.cdelt
     # the map itself keeps the card's calibration: its scores (and the characteriser fitted
-    # on them) stay as they were; only the binned detections are put on that scale
+    # on them) stay as they were; only the binned detections are put on that scale. All
+    # binned detections enter the fit; the detector then keeps those >= binned_min_score
     base = det._calibration()
     cals = {s: base for s in scales}
     for r in range(n_rounds):
@@ -158,8 +159,7 @@ def main(argv=None):
         return entry
     card = read_card(path)
     card.setdefault("scale_calibration", {})["asid-ctao"] = entry
-    card.pop("sha256", None)
-    save_card(path, card, weights_path(path, card))
+    save_card(path, card, weights_path(path, card))          # recomputes the sha256
     from astro_asid.detection.deep import clear_model_cache
     clear_model_cache()
     print(f"# wrote the scale calibration into {path}")
