@@ -19,6 +19,9 @@ prod3b-v2 South response, 20 h, hadronic + diffuse background). Detectors:
   (``instrument="ctao"``) that also carries the true background, the PSF
   sigma per band and the exposure. By default the deep CTAO detector
   ``asid-ctao`` when it is registered (skipped with a message otherwise).
+  Two variants of it: ``asid-ctao-no-ts-scan`` (the network on the map and
+  its binned copies, without the TS scan for wide sources) and
+  ``asid-ctao-single-scale`` (the network on the map alone).
 
 Matching (`astro_asid.evaluate.ctao.match`): detections are visited by decreasing score over
 all patches; each takes the nearest not-yet-matched true source of its patch
@@ -65,6 +68,8 @@ from astro_asid.simulate.ctao import CRAB_FLUX_1TEV, CTAOSkySimulator, to_gammap
 BASELINE = "gammapy-tsmap"
 DEEP = "asid-ctao"
 SINGLE_SCALE = "asid-ctao-single-scale"   # asid-ctao on the map alone, not on binned copies
+NO_SCAN = "asid-ctao-no-ts-scan"          # asid-ctao without its TS scan for wide sources
+VARIANTS = (SINGLE_SCALE, NO_SCAN)
 PRECISION = 0.9
 FLUX_BINS = 10 ** np.arange(np.log10(1.5e-14), np.log10(2e-11) + 0.25, 0.25)
 _DET_COLS = ("patch", "x", "y", "score")
@@ -112,7 +117,9 @@ def run_gammapy_tsmap(batch, kernel="point", kernel_sigma_deg=0.1, downsample=2,
 def make_astro_asid_detector(name):
     from astro_asid import get_detector
     if name == SINGLE_SCALE:
-        return get_detector(DEEP, min_score=0.01, scales=(1,))
+        return get_detector(DEEP, min_score=0.01, scales=(1,), extended_search=False)
+    if name == NO_SCAN:
+        return get_detector(DEEP, min_score=0.01, extended_search=False)
     if name == "tsmap":
         return get_detector("tsmap", background=None, ts_threshold=4.0)  # image.background
     try:
@@ -287,7 +294,7 @@ def main(argv=None):
 
     results, timing = [], {}
     for name in names:
-        if name not in (BASELINE, SINGLE_SCALE) and name not in available:
+        if name not in (BASELINE,) + VARIANTS and name not in available:
             print(f"# {name} is not registered: skipped", file=sys.stderr)
             continue
         try:

@@ -195,5 +195,7 @@ def test_fit_scale_calibration_writes_the_card(tmp_path):
     assert written["scales"] == [1, 2] and set(written["calibration"]) == {"2"}
     assert written["fitted_on"]["n_patches"] == 4 and "--n-patches 4" in written["command"]
     assert entry["calibration"] == written["calibration"]
+    scan = written["extended_search"]            # the TS scan is calibrated on the same patches
+    assert scan["n_candidates"] >= scan["n_true"] >= 0 and len(scan["weights"]) == 3
     assert read_card(card_path)["sha256"] == card["sha256"]        # weights untouched
     assert ASIDCTAODetector(weights=card_path).scales == (1, 2)

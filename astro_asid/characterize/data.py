@@ -143,7 +143,13 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
         bs = np.exp(rng.uniform(*np.log(background_range), n))
         lam_bg = bg * (e * bs)[:, None, None, None]
         counts = rng.poisson(src * e[:, None, None, None] + lam_bg).astype(np.float32)
-        tabs = detector.detect_arrays(counts)
+        if getattr(detector, "accepts_backgrounds", False):
+            # the known background, as a gammapy dataset gives it (asid-ctao's TS scan)
+            tabs = detector.detect_arrays(counts, backgrounds=lam_bg,
+                                          psf_sigma_deg=b.psf_sigma_deg.to_value("deg"),
+                                          pixel_deg=b.cdelt)
+        else:
+            tabs = detector.detect_arrays(counts)
         psf = _psf_sigma_px(b, instrument)
         for j, cand in enumerate(tabs):
             truth = b.sources[j]

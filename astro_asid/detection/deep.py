@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from astropy.table import QTable
+from astropy.table import QTable, vstack
 
 from astro_asid.core import pixel_scale_mismatch
 from astro_asid.detection.base import Detector
@@ -55,9 +55,9 @@ from astro_asid.nn.normalize import model_input
 from astro_asid.nn.unet import build_unet, inference_copy
 from astro_asid.utils.exceptions import ASIDInputWarning, WeightsError
 
-__all__ = ["DeepDetector", "resolve_device", "ASIDUNetDetector", "UNEKDetector", "CentroidNetDetector",
-           "CeDiRNetDetector", "ASIDCTAODetector", "DEEP_DETECTORS", "OTHER_DEEP_DETECTORS",
-           "load_model", "clear_model_cache"]
+__all__ = ["DeepDetector", "resolve_device", "ASIDUNetDetector", "UNEKDetector",
+           "CentroidNetDetector", "CeDiRNetDetector", "ASIDCTAODetector", "DEEP_DETECTORS",
+           "OTHER_DEEP_DETECTORS", "load_model", "clear_model_cache"]
 
 _CACHE = {}
 _CACHE_LOCK = threading.Lock()
@@ -599,6 +599,19 @@ class ASIDCTAODetector(ASIDUNetDetector):
     score lies within ``merge_radius``. The output has a ``scale`` column, the
     binning that found each source.
 
+    The widest, faintest sources (sigma 0.3-0.5 deg at a few 1e-13 cm-2 s-1)
+    stay below the network's threshold at every binning, while a likelihood
+    test over the whole source sees them when the background is known. So
+    when the image carries a background model (``image.background``, e.g.
+    from a gammapy `~gammapy.datasets.MapDataset`), `detect` also runs a
+    Gaussian-kernel TS scan (`~astro_asid.detection.extended`, source sigma
+    0.1-0.5 deg on binned maps) and adds its peaks that no network detection
+    of score >= 0.5 explains. Their TS is calibrated into a score like the
+    binned passes' (the fraction of such candidates that are real sources on
+    simulated survey patches); those scoring below ``extended_min_score`` are
+    dropped. The ``found_by`` column says ``"unet"`` or ``"ts-scan"``;
+    ``kernel_sigma_deg`` is the test source's sigma (NaN for the network's).
+
     Parameters
     ----------
     scales : sequence of int, optional
@@ -610,6 +623,13 @@ class ASIDCTAODetector(ASIDUNetDetector):
     binned_min_score : float
         Detections of the binned maps with a lower calibrated score are
         dropped (``min_score`` applies to the map's own).
+    extended_search : bool, optional
+        Run the TS scan for wide sources. Default (None): when the model card
+        calibrates it and the image has a background. True without a
+        calibration in the card is a `WeightsError`; True on an image without
+        background warns and skips the scan.
+    extended_min_score : float
+        TS-scan candidates with a lower calibrated score are dropped.
     **kwargs
         `ASIDUNetDetector` options.
     """
@@ -617,11 +637,13 @@ class ASIDCTAODetector(ASIDUNetDetector):
     name = "asid-ctao"
     description = "U-Net + LoG peaks for CTAO survey maps (0.02 deg pixels, 3 bands, multi-scale)"
     instruments = ("ctao",)
+    #: `detect_arrays` takes ``backgrounds=`` (for the TS scan)
+    accepts_backgrounds = True
 
     def __init__(self, weights=None, min_score=0.1, log_sigma=2.5 / np.sqrt(2.0),
                  peak_threshold=0.02, score="log", refine="offset", device=None, tile_size=128,
                  overlap=32, batch_size=32, tta=1, scales=None, merge_radius=8.0,
-                 binned_min_score=0.5):
+                 binned_min_score=0.5, extended_search=None, extended_min_score=0.5):
         super().__init__(weights=weights, min_score=min_score, log_sigma=log_sigma,
                          peak_threshold=peak_threshold, score=score, refine=refine,
                          device=device, tile_size=tile_size, overlap=overlap,
@@ -633,6 +655,13 @@ class ASIDCTAODetector(ASIDUNetDetector):
         if not 0.0 <= float(binned_min_score) <= 1.0:
             raise ValueError(f"binned_min_score must be within 0..1, got {binned_min_score}")
         self.binned_min_score = float(binned_min_score)
+        if extended_search not in (None, True, False):
+            raise ValueError(f"extended_search must be None, True or False, "
+                             f"got {extended_search!r}")
+        self.extended_search = extended_search
+        if not 0.0 <= float(extended_min_score) <= 1.0:
+            raise ValueError(f"extended_min_score must be within 0..1, got {extended_min_score}")
+        self.extended_min_score = float(extended_min_score)
 
     def _multiscale_card(self):
         return self.card.get("scale_calibration", {}).get(self.name) or {}
@@ -701,7 +730,30 @@ class ASIDCTAODetector(ASIDUNetDetector):
             tab["scale"] = np.full(len(tab), int(scale), dtype=np.int16)
         return tabs
 
-    def detect_arrays(self, cubes, masks=None):
+    def detect_arrays(self, cubes, masks=None, backgrounds=None, psf_sigma_deg=None,
+                      pixel_deg=None):
+        """Detect sources in a stack of same-shape counts cubes (fast batch path).
+
+        Parameters
+        ----------
+        cubes : `~numpy.ndarray`
+            ``(n, 3, ny, nx)`` counts.
+        masks : `~numpy.ndarray` of bool, optional
+            True at pixels to ignore (broadcast to ``cubes``).
+        backgrounds : `~numpy.ndarray`, optional
+            Expected background counts (broadcast to ``cubes``): with them,
+            the TS scan for wide sources runs (see the class docstring).
+        psf_sigma_deg : array-like, optional
+            PSF sigma per band for the TS scan (default: the card's, the
+            simulated survey's).
+        pixel_deg : float, optional
+            Pixel size (default: the card's, 0.02 deg).
+
+        Returns
+        -------
+        list of `~astropy.table.QTable`
+            One table per image, as `detect` returns.
+        """
         scales = self.scales
         cals = self.scale_calibrations(scales)
         per_scale = [self.detect_at_scale(cubes, masks, s, cals[s]) for s in scales]
@@ -715,9 +767,116 @@ class ASIDCTAODetector(ASIDUNetDetector):
             tab = merge_scales(list(tabs), self.merge_radius)
             tab.meta["scales"] = list(scales)
             out.append(tab)
-        return out
+        settings = self.extended_settings()
+        if settings is None or backgrounds is None:
+            return out
+        cubes, masks = _as_stack(cubes, masks)
+        try:
+            backgrounds = np.broadcast_to(np.asarray(backgrounds, float), cubes.shape)
+        except ValueError:
+            raise ValueError(f"backgrounds of shape {np.shape(backgrounds)} do not match the "
+                             f"counts cubes of shape {cubes.shape}") from None
+        pixel_deg = float(pixel_deg or self.card.get("pixel_scale_deg"))
+        psf = settings["psf_sigma_deg"] if psf_sigma_deg is None else psf_sigma_deg
+        return [self._add_extended(tab, cubes[i], backgrounds[i],
+                                   None if masks is None else masks[i], psf, pixel_deg, settings)
+                for i, tab in enumerate(out)]
 
-    detect_arrays.__doc__ = DeepDetector.detect_arrays.__doc__
+    # -- the TS scan for wide sources ----------------------------------------------------
+    def extended_settings(self):
+        """The card's TS-scan settings (``scale_calibration["asid-ctao"]["extended_search"]``),
+        or None when the scan is off or not calibrated.
+
+        Raises
+        ------
+        WeightsError
+            ``extended_search=True`` and the card has no calibration for it.
+        """
+        if self.extended_search is False:
+            return None
+        entry = self._multiscale_card().get("extended_search")
+        if entry is None and self.extended_search:
+            raise WeightsError(
+                f"{self.name}: the model card has no calibration of the extended-source TS "
+                "scan; fit it with `python -m astro_asid.training.ctao_scales` or pass "
+                "extended_search=False")
+        return entry
+
+    def detect(self, image):
+        """Find sources in a CTAO counts cube: the network at every binning, merged, plus
+        the TS scan for wide sources when ``image.background`` is set (see the class
+        docstring).
+
+        Returns
+        -------
+        `~astropy.table.QTable`
+            ``x_centroid``, ``y_centroid``, ``score``, ``raw_score``, ``x_err``,
+            ``y_err``, ``scale``; with the TS scan also ``found_by`` and
+            ``kernel_sigma_deg``. By decreasing score.
+        """
+        tab = super().detect(image)
+        settings = self.extended_settings()
+        if settings is None:
+            return tab
+        if image.background is None:
+            if self.extended_search:
+                warnings.warn(f"{self.name}: extended_search needs image.background (the "
+                              "expected background counts); the TS scan is skipped",
+                              ASIDInputWarning)
+            tab.meta["extended_search"] = "skipped: the image has no background model"
+            return tab
+        from astro_asid.detection.tsmap import checked_background
+
+        pixel_deg = _pixel_deg(image.wcs, self.card.get("pixel_scale_deg"))
+        psf = settings["psf_sigma_deg"]
+        if image.psf and image.psf.get("sigma_pix") is not None:
+            psf = np.asarray(image.psf["sigma_pix"], float) * pixel_deg
+        return self._add_extended(tab, image.filled(0.0), checked_background(image.background,
+                                                                             image),
+                                  image.mask, psf, pixel_deg, settings)
+
+    def _add_extended(self, tab, counts, background, mask, psf_deg, pixel_deg, settings):
+        """``tab`` plus the calibrated TS-scan candidates of one image it does not explain."""
+        from astro_asid.detection.extended import drop_found, extended_candidates
+
+        cand = extended_candidates(counts, background, psf_deg, pixel_deg, mask=mask,
+                                   kernels=settings["kernels"], weights=settings["weights"],
+                                   ts_min=settings["ts_min"])
+        cand = drop_found(cand, tab, pixel_deg, settings["drop_score"])
+        raw = np.sqrt(np.asarray(cand["ts"], float))
+        score = ScoreCalibration.from_dict(settings["calibration"])(raw)
+        keep = score >= self.extended_min_score
+        cand, raw, score = cand[keep], raw[keep], score[keep]
+        tab["found_by"] = np.full(len(tab), "unet", dtype="<U7")
+        tab["kernel_sigma_deg"] = np.full(len(tab), np.nan)
+        if len(cand):
+            new = QTable()
+            new["x_centroid"] = np.asarray(cand["x_centroid"], float)
+            new["y_centroid"] = np.asarray(cand["y_centroid"], float)
+            new["score"] = score
+            new["raw_score"] = raw
+            for c in ("x_err", "y_err"):
+                if c in tab.colnames:
+                    new[c] = np.asarray(cand[c], float)
+            sigma = np.asarray(cand["kernel_sigma_deg"], float)
+            binning = dict((float(s), int(f)) for s, f in settings["kernels"])
+            new["scale"] = np.array([binning[v] for v in sigma], dtype=np.int16)
+            new["found_by"] = np.full(len(new), "ts-scan", dtype="<U7")
+            new["kernel_sigma_deg"] = sigma
+            meta = tab.meta
+            tab = vstack([tab, new], metadata_conflicts="silent")
+            tab = tab[np.argsort(-np.asarray(tab["score"], float), kind="stable")]
+            tab.meta.update(meta)
+        tab.meta["extended_search"] = f"{len(cand)} TS-scan source(s) added"
+        return tab
+
+
+def _pixel_deg(wcs, default):
+    """Mean pixel scale (deg) of ``wcs``, or ``default`` when there is none."""
+    if wcs is None:
+        return float(default)
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    return float(np.mean(np.abs(proj_plane_pixel_scales(wcs.celestial))))
 
 
 #: The deep Fermi-LAT detectors (one shared network), for the built-in plugin registration.

@@ -14,7 +14,8 @@ from ._classical_utils import (band_sigmas, check_positive, correlate_separable,
                                make_table, prune_close, quadratic_peak, snr_to_score)
 from .base import Detector
 
-__all__ = ["TSMapDetector", "compute_ts_map", "estimate_background", "spectral_weights"]
+__all__ = ["TSMapDetector", "checked_background", "compute_ts_map", "estimate_background",
+           "spectral_weights"]
 
 _SPECTRA = ("independent", "counts", "powerlaw")
 
@@ -524,6 +525,27 @@ def spectral_weights(image, spectrum, index):
     return w / w.sum()
 
 
+def checked_background(background, image):
+    """``background`` (an array or `~astropy.units.Quantity`) as floats of the image's shape.
+
+    Raises
+    ------
+    ValueError
+        It does not broadcast to the image, or is negative or not finite at an
+        unmasked pixel.
+    """
+    back = np.asarray(getattr(background, "value", background), dtype=float)
+    try:
+        back = np.broadcast_to(back, image.data.shape)
+    except ValueError:
+        raise ValueError(f"background of shape {back.shape} does not match the image of "
+                         f"shape {image.data.shape}") from None
+    bad = ~np.isfinite(back) | (back < 0)
+    if np.any(bad & ~image.mask):
+        raise ValueError("the background must be finite and non-negative at unmasked pixels")
+    return back
+
+
 class TSMapDetector(Detector):
     """Peaks of a Poisson likelihood test-statistic (TS) map.
 
@@ -613,16 +635,7 @@ class TSMapDetector(Detector):
         if choice is None or (isinstance(choice, str) and choice == "estimate"):
             return estimate_background(image.filled(0.0).astype(float), image.mask, sigmas,
                                        self.background_scale)
-        back = np.asarray(getattr(choice, "value", choice), dtype=float)
-        try:
-            back = np.broadcast_to(back, image.data.shape)
-        except ValueError:
-            raise ValueError(f"background of shape {back.shape} does not match the image of "
-                             f"shape {image.data.shape}") from None
-        bad = ~np.isfinite(back) | (back < 0)
-        if np.any(bad & ~image.mask):
-            raise ValueError("the background must be finite and non-negative at unmasked pixels")
-        return back
+        return checked_background(choice, image)
 
     def ts_map(self, image):
         """TS, flux and flux-error maps of ``image`` (see `compute_ts_map`)."""
