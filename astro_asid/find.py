@@ -271,7 +271,8 @@ def _catalog(cands, sky, det, origin, where):
         if hasattr(det, key) and getattr(det, key) is not None:
             meta[key] = getattr(det, key)
     meta.update(characterizer_meta(cands))
-    for key in ("n_blocks", "n_patches", "patch_duplicates", "scheduler"):
+    for key in ("n_blocks", "n_patches", "patch_duplicates", "scheduler", "scales",
+                "extended_search"):
         if key in cands.meta:
             meta[key] = cands.meta[key]
     cat = build_catalog(cands, sky, meta=meta)

@@ -162,6 +162,11 @@ def test_ctao_detector_ts_scan_needs_a_background():
         ASIDCTAODetector(extended_search=True).detect(_image(counts))
     with pytest.raises(ValueError, match="background"):
         ASIDCTAODetector().detect(_image(counts, np.ones((2, 128, 128))))
+    from astro_asid import find_sources                     # the note reaches the catalog
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cat = find_sources(_image(counts), detector="asid-ctao")
+    assert "no background" in cat.meta["extended_search"] and cat.meta["scales"] == [1, 2, 4]
 
 
 def test_ctao_detector_ts_scan_options(tmp_path):
