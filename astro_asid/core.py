@@ -205,14 +205,19 @@ def _unpack(image, wcs, hdu):
     return image, mask, wcs, unit, meta, energy_edges
 
 
+def pixel_scale_deg(wcs):
+    """The mean pixel scale (deg) of a celestial ``wcs``."""
+    from astropy.wcs.utils import proj_plane_pixel_scales
+    return float(np.mean(np.abs(proj_plane_pixel_scales(wcs.celestial))))
+
+
 def pixel_scale_mismatch(wcs, scale_deg):
     """The mean pixel scale (deg) of ``wcs`` when it differs from ``scale_deg`` by
     more than a factor 1.25 (a model trained on one pixel size sees the PSF at the
     wrong size), else None; None too when either is unknown."""
     if wcs is None or not scale_deg:
         return None
-    from astropy.wcs.utils import proj_plane_pixel_scales
-    have = float(np.mean(np.abs(proj_plane_pixel_scales(wcs))))
+    have = pixel_scale_deg(wcs)
     return None if 0.8 < have / scale_deg < 1.25 else have
 
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from astropy.table import QTable, vstack
 
-from astro_asid.core import pixel_scale_mismatch
+from astro_asid.core import pixel_scale_deg, pixel_scale_mismatch
 from astro_asid.detection.base import Detector
 from astro_asid.detection.decoders import (ScoreCalibration, centroid_votes,
                                            direction_convergence, kmeans_penalised, log_peaks,
@@ -827,7 +827,8 @@ class ASIDCTAODetector(ASIDUNetDetector):
             return tab
         from astro_asid.detection.tsmap import checked_background
 
-        pixel_deg = _pixel_deg(image.wcs, self.card.get("pixel_scale_deg"))
+        pixel_deg = (float(self.card.get("pixel_scale_deg")) if image.wcs is None
+                     else pixel_scale_deg(image.wcs))
         psf = settings["psf_sigma_deg"]
         if image.psf and image.psf.get("sigma_pix") is not None:
             psf = np.asarray(image.psf["sigma_pix"], float) * pixel_deg
@@ -863,20 +864,10 @@ class ASIDCTAODetector(ASIDUNetDetector):
             new["scale"] = np.array([binning[v] for v in sigma], dtype=np.int16)
             new["found_by"] = np.full(len(new), "ts-scan", dtype="<U7")
             new["kernel_sigma_deg"] = sigma
-            meta = tab.meta
-            tab = vstack([tab, new], metadata_conflicts="silent")
+            tab = vstack([tab, new], metadata_conflicts="silent")     # keeps tab's meta
             tab = tab[np.argsort(-np.asarray(tab["score"], float), kind="stable")]
-            tab.meta.update(meta)
         tab.meta["extended_search"] = f"{len(cand)} TS-scan source(s) added"
         return tab
-
-
-def _pixel_deg(wcs, default):
-    """Mean pixel scale (deg) of ``wcs``, or ``default`` when there is none."""
-    if wcs is None:
-        return float(default)
-    from astropy.wcs.utils import proj_plane_pixel_scales
-    return float(np.mean(np.abs(proj_plane_pixel_scales(wcs.celestial))))
 
 
 #: The deep Fermi-LAT detectors (one shared network), for the built-in plugin registration.
