@@ -241,6 +241,33 @@ def test_mc_dropout_and_rnn(dr2):
 
 
 @needs_catalogs
+def test_mixed_ensemble(dr2, tmp_path):
+    """dnn+gru: both kinds trained, each weighted half; the save/load round trip is exact."""
+    y = task_labels(dr2, "bll-fsrq")
+    rows = np.flatnonzero(y >= 0)[:120]
+    clf = CatalogClassifier(arch="dnn+gru", n_members=2, rnn_members=1, epochs=1, seed=1,
+                            rnn_lr=1e-2).fit(dr2[rows], "bll-fsrq")
+    assert len(clf.networks) == 2
+    assert type(clf.networks[0]).__name__ == "TwoBranchDNN"
+    assert type(clf.networks[1]).__name__ == "TwoBranchRNN"
+    prob, err = clf.predict_proba(dr2[rows[:30]])
+    from astro_asid.fermi_catalog.models import predict_proba_samples
+
+    samples = predict_proba_samples(clf.networks, clf._scale(clf._raw_arrays(dr2[rows[:30]])))
+    assert samples.shape[0] == 3  # two dense members, one recurrent
+    expected = 0.5 * samples[:2].mean(0) + 0.5 * samples[2]
+    np.testing.assert_allclose(prob, expected, rtol=1e-6)
+    np.testing.assert_allclose(prob.sum(1), 1, rtol=1e-6)
+    assert (err > 0).all()
+    clf.save(tmp_path / "mixed")
+    back = CatalogClassifier.load(tmp_path / "mixed")
+    assert (back.arch, back.n_members, back.rnn_members, back.rnn_lr) == ("dnn+gru", 2, 1, 1e-2)
+    p2, e2 = back.predict_proba(dr2[rows[:30]])
+    np.testing.assert_array_equal(p2, prob)
+    np.testing.assert_array_equal(e2, err)
+
+
+@needs_catalogs
 def test_fit_is_reproducible(dr2):
     import torch
 
@@ -273,6 +300,10 @@ def test_bad_options():
         CatalogClassifier(arch="gru", net_kwargs={"branch": (16, 8), "head": (8,)})
     with pytest.raises(ValueError, match=r"\['hiden'\].*'dnn'"):
         CatalogClassifier(net_kwargs={"hiden": 8})
+    with pytest.raises(ValueError, match="mixed arch"):
+        CatalogClassifier(arch="dnn+gru", uncertainty="mc-dropout")
+    with pytest.raises(ValueError, match="rnn_members"):
+        CatalogClassifier(arch="dnn+gru", rnn_members=0)
 
 
 @needs_catalogs

@@ -25,6 +25,8 @@ _BRANCHES = ("spectrum", "history", "extras")
 _DEFAULTS = {"dnn": {"epochs": 60, "lr": 3e-3, "batch_size": 64},
              "gru": {"epochs": 40, "lr": 5e-3, "batch_size": 64},
              "lstm": {"epochs": 40, "lr": 5e-3, "batch_size": 64}}
+# Mixed ensembles: the dense network's settings, the recurrent members their own rate.
+_DEFAULTS.update({f"dnn+{rnn}": _DEFAULTS["dnn"] for rnn in ("gru", "lstm")})
 
 
 class CatalogClassifier:
@@ -37,13 +39,23 @@ class CatalogClassifier:
 
     Parameters
     ----------
-    arch : {"dnn", "gru", "lstm"}
-        Two-branch dense network or recurrent network.
+    arch : {"dnn", "gru", "lstm", "dnn+gru", "dnn+lstm"}
+        Two-branch dense network, recurrent network, or a mixed deep ensemble
+        of both: ``n_members`` dense members and ``rnn_members`` recurrent
+        ones, the two kinds weighted equally (their mean probabilities are
+        averaged; the spread is that of the weighted mixture of members).
     uncertainty : {"ensemble", "mc-dropout"}
         Deep ensemble of ``n_members`` networks, or one network sampled
-        ``mc_samples`` times with dropout on.
+        ``mc_samples`` times with dropout on (not for mixed ensembles).
     n_members : int
-        Ensemble size (``uncertainty="ensemble"``).
+        Ensemble size (``uncertainty="ensemble"``); for a mixed ``arch`` the
+        number of dense members.
+    rnn_members : int
+        Recurrent members of a mixed ``arch`` (ignored otherwise).
+    rnn_lr : float, optional
+        Peak learning rate of those recurrent members (default 5e-3); ``lr``,
+        ``net_kwargs`` and the other settings are the dense network's, and
+        ``epochs``, ``batch_size``, ``dropout`` and ``weight_decay`` are shared.
     mc_samples : int
         Stochastic passes (``uncertainty="mc-dropout"``).
     spectrum, history : bool
@@ -76,11 +88,17 @@ class CatalogClassifier:
     def __init__(self, arch="dnn", uncertainty="ensemble", n_members=5, mc_samples=30,
                  spectrum=True, history=True, extras=(), imbalance="weights", epochs=None,
                  lr=None, batch_size=None, dropout=0.1, weight_decay=1e-4, calibration="none",
-                 net_kwargs=None, seed=0):
+                 net_kwargs=None, rnn_members=3, rnn_lr=None, seed=0):
         if arch not in _DEFAULTS:
             raise ValueError(f"arch must be one of {sorted(_DEFAULTS)}, not {arch!r}")
         if uncertainty not in ("ensemble", "mc-dropout"):
             raise ValueError(f"uncertainty must be 'ensemble' or 'mc-dropout', not {uncertainty!r}")
+        mixed = "+" in arch
+        if mixed and uncertainty != "ensemble":
+            raise ValueError(f"a mixed arch ({arch!r}) is a deep ensemble: use "
+                             "uncertainty='ensemble'")
+        if mixed and int(rnn_members) < 1:
+            raise ValueError(f"a mixed arch ({arch!r}) needs rnn_members >= 1")
         if imbalance not in ("weights", "smote", "none"):
             raise ValueError(f"imbalance must be 'weights', 'smote' or 'none', not {imbalance!r}")
         if uncertainty == "ensemble" and int(n_members) < 2:
@@ -103,7 +121,9 @@ class CatalogClassifier:
         self.dropout = float(dropout)
         self.weight_decay = float(weight_decay)
         self.net_kwargs = dict(net_kwargs or {})
-        check_network_options(arch, self.net_kwargs)
+        check_network_options(arch.split("+")[0], self.net_kwargs)
+        self.rnn_members = int(rnn_members) if mixed else 0
+        self.rnn_lr = float(rnn_lr or _DEFAULTS["gru"]["lr"]) if mixed else None
         self.seed = int(seed)
         self.task = None
         self.class_names = None
@@ -146,19 +166,42 @@ class CatalogClassifier:
     def _n_networks(self):
         # The DNN trains all ensemble members in one batched module; the
         # recurrent networks are trained one member at a time.
+        if "+" in self.arch:
+            return 1 + self.rnn_members
         return 1 if self.arch == "dnn" else self.n_members
+
+    def _network_arch(self, index):
+        """Architecture of network ``index`` (a mixed ensemble: the DNN first)."""
+        if "+" in self.arch:
+            dense, rnn = self.arch.split("+")
+            return dense if index == 0 else rnn
+        return self.arch
 
     def _new_network(self, index):
         cfg = self.features
+        arch = self._network_arch(index)
+        # A mixed ensemble's recurrent members keep their default layer sizes.
+        kwargs = self.net_kwargs if arch == self.arch.split("+")[0] else {}
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the global state
             torch.manual_seed(self.seed * 1000 + index)
-            return build_network(self.arch, cfg.n_bands if cfg.spectrum else 0,
+            return build_network(arch, cfg.n_bands if cfg.spectrum else 0,
                                  cfg.n_years if cfg.history else 0, 4,
                                  len(np.atleast_1d(self.scaler["extras"][0]))
                                  if "extras" in self.scaler else 0,
                                  len(self.class_names),
-                                 n_members=self.n_members if self.arch == "dnn" else 1,
-                                 dropout=self.dropout, **self.net_kwargs)
+                                 n_members=self.n_members if arch == "dnn" else 1,
+                                 dropout=self.dropout, **kwargs)
+
+    def _sample_weights(self):
+        """Weight of each member's probabilities in the ensemble mean (sums to 1).
+
+        Members count equally, except in a mixed ensemble, where the dense and
+        the recurrent members each carry half of the weight.
+        """
+        if "+" not in self.arch:
+            return None
+        return np.concatenate([np.full(self.n_members, 0.5 / self.n_members),
+                               np.full(self.rnn_members, 0.5 / self.rnn_members)])
 
     def _check_fitted(self):
         if not self.is_fitted:
@@ -237,8 +280,9 @@ class CatalogClassifier:
         networks = []
         for m in range(self._n_networks):
             net = self._new_network(m)
+            lr = self.rnn_lr if "+" in self.arch and m > 0 else self.lr
             train_network(net, arrays, y, epochs=self.epochs, batch_size=self.batch_size,
-                          lr=self.lr, weight_decay=self.weight_decay,
+                          lr=lr, weight_decay=self.weight_decay,
                           sample_weight=sample_weight, seed=self.seed * 1000 + m)
             net.logit_bias.copy_(bias)
             networks.append(net)
@@ -256,9 +300,12 @@ class CatalogClassifier:
             logits = torch.cat([net(*(torch.as_tensor(a[va]) for a in arrays))
                                 for net in nets]).double()  # (M, n_val, K)
         target = torch.as_tensor(y[va])
+        w = self._sample_weights()
+        w = (torch.full((len(logits), 1, 1), 1.0 / len(logits), dtype=torch.float64)
+             if w is None else torch.as_tensor(w)[:, None, None])
 
         def nll(log_t):
-            prob = torch.softmax(logits / np.exp(log_t), dim=-1).mean(0)
+            prob = (torch.softmax(logits / np.exp(log_t), dim=-1) * w).sum(0)
             return float(-torch.log(prob[torch.arange(len(va)), target] + 1e-12).mean())
 
         return float(np.exp(minimize_scalar(nll, bounds=(-2, 2), method="bounded").x))
@@ -280,7 +327,11 @@ class CatalogClassifier:
         arrays = self._scale(self._raw_arrays(table))
         samples = predict_proba_samples(self.networks, arrays, mc_samples=self.mc_samples,
                                         seed=self.seed)
-        return samples.mean(axis=0), samples.std(axis=0)
+        w = self._sample_weights()
+        if w is None:
+            return samples.mean(axis=0), samples.std(axis=0)
+        mean = np.tensordot(w, samples, axes=1)
+        return mean, np.sqrt(np.tensordot(w, (samples - mean) ** 2, axes=1))
 
     def predict(self, table):
         """Classify catalog rows.
@@ -325,7 +376,8 @@ class CatalogClassifier:
                 "imbalance": self.imbalance, "epochs": self.epochs, "lr": self.lr,
                 "batch_size": self.batch_size, "dropout": self.dropout,
                 "weight_decay": self.weight_decay, "calibration": self.calibration,
-                "net_kwargs": self.net_kwargs, "seed": self.seed}
+                "net_kwargs": self.net_kwargs, "rnn_members": self.rnn_members,
+                "rnn_lr": self.rnn_lr, "seed": self.seed}
 
     def save(self, path, **card):
         """Write ``path.safetensors`` and the model card ``path.json``.
@@ -379,7 +431,8 @@ class CatalogClassifier:
                    batch_size=cfg["batch_size"], dropout=cfg["dropout"],
                    weight_decay=cfg.get("weight_decay", 1e-4),
                    calibration=cfg.get("calibration", "none"),
-                   net_kwargs=cfg["net_kwargs"], seed=cfg["seed"])
+                   net_kwargs=cfg["net_kwargs"], rnn_members=cfg.get("rnn_members") or 3,
+                   rnn_lr=cfg.get("rnn_lr"), seed=cfg["seed"])
         self.n_members = cfg["n_members"]
         self.mc_samples = cfg["mc_samples"]
         self.features = FeatureConfig(**feats)
