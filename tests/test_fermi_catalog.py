@@ -265,6 +265,13 @@ def test_mixed_ensemble(dr2, tmp_path):
     p2, e2 = back.predict_proba(dr2[rows[:30]])
     np.testing.assert_array_equal(p2, prob)
     np.testing.assert_array_equal(e2, err)
+    # the temperature fit weights the two kinds the same way
+    cal = CatalogClassifier(arch="dnn+lstm", n_members=2, rnn_members=1, epochs=1, seed=1,
+                            calibration="temperature").fit(dr2[rows], "bll-fsrq")
+    t = float(cal.networks[0].temperature)
+    assert np.isfinite(t) and t > 0
+    assert all(float(net.temperature) == t for net in cal.networks)
+    assert type(cal.networks[1]).__name__ == "TwoBranchRNN"
 
 
 @needs_catalogs
