@@ -79,8 +79,10 @@ def _augment(x, scal, tx, ty, k, flip):
     cutout's centre) was tried on 2026-11-24 and trained worse: the turns then
     spread the targets' prior over the four half-pixel positions around the
     centre, the faint sources' positions shrank towards it, and the median
-    position error on the test set rose from 0.51 to 0.69 px. The one-pixel
-    noise of the turns is the smaller harm.
+    position error on the test set rose from 0.51 to 0.69 px. Training with
+    only the two turns that keep the candidate's pixel in place (none and the
+    transpose) was no better either. The one-pixel noise of the turns is the
+    smaller harm.
     """
     # only the first two scalars (the sub-pixel offset) are a vector
     if flip:
