@@ -79,18 +79,26 @@ Parts (each can be skipped):
    that is impossible) and the growth (``asid-optical``'s model load and
    warm-up are timed apart, before). Simulating a 4096x4096 field takes
    about a minute and 2 GB.
-5. A real image: astropy's SkyView (DSS, 1 arcsec/px, a photographic plate
-   scan, saturated core) 300x300 cutout of the globular cluster M13, or
-   ``--real-image``. The seeing is unknown, so the FWHM given to DAO and
+5. Real images: astropy's SkyView (DSS, 1 arcsec/px, a photographic plate
+   scan, saturated core) 300x300 cutout of the globular cluster M13, and,
+   when ``ccdproc`` is installed (``pip install --no-deps ccdproc``, used as a
+   data source only), the raw 536x520 CCD frame its tests ship (SAAO 1.0 m,
+   150 s, a sparse field with cosmic rays; the pre-scan and overscan columns
+   outside its ``TRIMSEC`` are masked by `read_optical`, and so are the eight
+   bias-level rows its ``TRIMSEC`` leaves in at the top, found by
+   `_flat_edge_strips`; the classical finders get the masked pixels filled with
+   the median); or ``--real-image`` with
+   ``--real-level``. The seeing is unknown, so the FWHM given to DAO and
    segmentation is estimated (`estimate_fwhm`: Gaussian fits to isolated
    bright sep detections; the same estimator is checked against the truth
-   of the simulated fields). ``asid-optical`` is cut at its crowded-field
-   P >= 0.95 score from part 1, the classical finders at their crowded
-   P >= 0.95 cut with artefacts ignored (the scan has no cosmic rays);
-   ``--real-min-score`` / ``--real-min-snr`` fix them instead (defaults
-   without part 1: 0.5 and 5). Reported: detections per finder and the
-   agreement matrix, the fraction of the row finder's detections with a
-   detection of the column finder within 1.5 px.
+   of the simulated fields). ``asid-optical`` is cut at its P >= 0.95 score
+   from part 1 for the image's crowding level (M13: crowded, the CCD frame:
+   sparse), the classical finders at their P >= 0.95 cut with artefacts
+   ignored; ``--real-min-score`` / ``--real-min-snr`` fix them instead
+   (defaults without part 1: 0.5 and 5). Reported: detections per finder and
+   the agreement matrix, the fraction of the row finder's detections with a
+   detection of the column finder within 1.5 px or half the estimated FWHM,
+   the larger.
 
 Fluxes are not compared (``asid-optical`` has no flux measurement yet).
 
@@ -134,6 +142,25 @@ MAG_BINS = ((-8, -6), (-6, -4), (-4, -2), (-2, -1), (-1, 0), (0, 1))
 #: astropy's test copy of a SkyView cutout of M13.
 M13_PATH = os.path.join(os.path.dirname(fits.__file__), "hdu", "compressed", "tests", "data",
                         "m13.fits")
+
+
+def _ccdproc_frame():
+    """The raw CCD frame (SAAO 1.0 m) of ccdproc's test data, or None without ccdproc
+    (located, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ccdproc")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = os.path.join(list(spec.submodule_search_locations)[0], "tests", "data",
+                        "a8280271.fits")
+    return path if os.path.exists(path) else None
+
+
+#: Real images of part 5 and the crowding level whose cuts they get.
+REAL_IMAGES = {M13_PATH: "crowded"}
+if _ccdproc_frame():
+    REAL_IMAGES[_ccdproc_frame()] = "sparse"
 SEP_THRESH, SEP_MINAREA, SEP_NTHRESH, SEP_CONT = 1.5, 5, 32, 0.005
 DAO_NSIGMA = 2.0
 SEG_NSIGMA, SEG_NPIXELS = 1.5, 5
@@ -737,6 +764,36 @@ def timing_table(names, size, seed, weights, threads):
 
 
 # -- real image ------------------------------------------------------------------------
+def _flat_edge_strips(data, mask=None, nsigma=3.0):
+    """Rows and columns at the image's edges that sit far off the sky level (bias-level
+    overscan that a raw frame's ``TRIMSEC`` leaves in, as in ccdproc's SAAO frame):
+    contiguous from an edge, each with a median more than ``nsigma`` pixel noise (robust
+    standard deviation of all pixels) away from the median of the row (column) medians."""
+    good = np.where(mask, np.nan, data) if mask is not None else data
+    pix = good[np.isfinite(good)]
+    noise = 1.4826 * np.median(np.abs(pix - np.median(pix))) + 1e-6
+    out = np.zeros(data.shape, bool)
+    for axis in (0, 1):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med = np.nanmedian(good, axis=1 - axis)  # one value per row (axis 0) or column
+        ok = np.isfinite(med)
+        if ok.sum() < 10:
+            continue
+        centre = np.median(med[ok])
+        off = ~ok | (np.abs(med - centre) > nsigma * noise)
+        for idx in (range(len(med)), range(len(med) - 1, -1, -1)):
+            for i in idx:
+                if not off[i]:
+                    break
+                if ok[i]:
+                    if axis == 0:
+                        out[i, :] = True
+                    else:
+                        out[:, i] = True
+    return out
+
+
 def real_table(path, runners, cuts, fwhm_check=None):
     """Part 5: every finder on a real image, counts and pairwise agreement."""
     from astropy.wcs import WCS
@@ -744,7 +801,14 @@ def real_table(path, runners, cuts, fwhm_check=None):
 
     from astro_asid.instruments.optical import prepare_optical, read_optical
 
-    data, header, _ = read_optical(path)
+    data, header, mask = read_optical(path)
+    strips = _flat_edge_strips(data, mask)
+    if strips.any():
+        mask = strips if mask is None else (mask | strips)
+    if mask is not None:
+        # the classical finders take plain arrays: masked pixels (overscan, bad
+        # pixels) become the median of the others
+        data = np.where(mask, np.float32(np.median(data[~mask])), data)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         w = WCS(header)
@@ -752,15 +816,16 @@ def real_table(path, runners, cuts, fwhm_check=None):
              if w.has_celestial else float("nan"))
     fwhm = estimate_fwhm(data)
     print(f"\n## Real image: {os.path.basename(path)} ({data.shape[1]}x{data.shape[0]}, "
-          f"{_fmt(scale, '.2f')} arcsec/px, seeing unknown: estimated FWHM {fwhm:.2f} px "
-          f"by Gaussian fits to isolated sep detections, given to dao and segmentation)")
+          f"{_fmt(scale, '.2f')} arcsec/px, {int(mask.sum()) if mask is not None else 0} "
+          f"pixels masked ({int(strips.sum())} of them in flat edge strips), seeing "
+          f"unknown: estimated FWHM {fwhm:.2f} px by Gaussian fits to isolated sep detections, given to dao and segmentation)")
     if fwhm_check is not None:
         print(f"The FWHM estimator on the simulated fields: estimated/true median "
               f"{fwhm_check[0]:.2f}, 16-84 % {fwhm_check[1]:.2f}..{fwhm_check[2]:.2f}")
     cat = {}
     for n, runner in runners.items():
         if n == "asid-optical":
-            x, y, s = runner(prepare_optical(path, require_wcs=False))
+            x, y, s = runner(prepare_optical(path, mask=mask, require_wcs=False))
         else:
             x, y, s = runner(data, fwhm)
         keep = s >= cuts[n][0]
@@ -770,8 +835,11 @@ def real_table(path, runners, cuts, fwhm_check=None):
     print("|---|---|---|---|")
     for n in names:
         print(f"| {n} | {_fmt(cuts[n][0], '.3g')} | {cuts[n][1]} | {len(cat[n])} |")
+    # broad stars are located less precisely: half the FWHM when that is more than 1.5 px
+    radius = max(OPTICAL_MATCH_RADIUS_PX, 0.5 * fwhm) if np.isfinite(fwhm) \
+        else OPTICAL_MATCH_RADIUS_PX
     print(f"\nAgreement: fraction of the row finder's detections with a detection of the "
-          f"column finder within {OPTICAL_MATCH_RADIUS_PX} px")
+          f"column finder within {radius:.2f} px (1.5 px or half the FWHM, the larger)")
     print("\n| | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for a in names:
@@ -783,7 +851,7 @@ def real_table(path, runners, cuts, fwhm_check=None):
                 cells.append("0.000")
             else:
                 d, _ = cKDTree(cat[b]).query(cat[a])
-                cells.append(f"{(d <= OPTICAL_MATCH_RADIUS_PX).mean():.3f}")
+                cells.append(f"{(d <= radius).mean():.3f}")
         print(f"| {a} | " + " | ".join(cells) + " |")
 
 
@@ -805,8 +873,11 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--timing-size", type=int, default=4096,
                         help="side of the timing field (px)")
-    parser.add_argument("--real-image", default=M13_PATH,
-                        help="FITS image for the real-data part (default: astropy's M13)")
+    parser.add_argument("--real-image", default=None,
+                        help="FITS image for the real-data part (default: astropy's M13 and, "
+                             "with ccdproc installed, its raw SAAO CCD frame)")
+    parser.add_argument("--real-level", default="crowded", choices=CROWDING,
+                        help="crowding level whose cuts --real-image gets (default crowded)")
     parser.add_argument("--real-min-score", type=float,
                         help="asid-optical score cut on the real image (default: its crowded "
                              "P>=0.95 cut from the simulated fields, else 0.5)")
@@ -874,20 +945,22 @@ def main(argv=None):
         timing_table(args.finders, args.timing_size, args.seed, args.weights, args.threads)
 
     if not args.skip_real:
-        real_cuts = {}
-        for n in args.finders:
-            asid = n == "asid-optical"
-            fixed = args.real_min_score if asid else args.real_min_snr
-            sim = (ops if asid else ops_clean)
-            sim_cut = sim[n]["crowded"][0.95][1] if sim is not None else float("inf")
-            if fixed is not None:
-                real_cuts[n] = (fixed, "option")
-            elif np.isfinite(sim_cut):
-                real_cuts[n] = (sim_cut, "crowded sim P>=0.95"
-                                + ("" if asid else ", artefacts ignored"))
-            else:
-                real_cuts[n] = (0.5 if asid else 5.0, "default")
-        real_table(args.real_image, runners, real_cuts, check)
+        images = ({args.real_image: args.real_level} if args.real_image else REAL_IMAGES)
+        for path, level in images.items():
+            real_cuts = {}
+            for n in args.finders:
+                asid = n == "asid-optical"
+                fixed = args.real_min_score if asid else args.real_min_snr
+                sim = (ops if asid else ops_clean)
+                sim_cut = sim[n][level][0.95][1] if sim is not None else float("inf")
+                if fixed is not None:
+                    real_cuts[n] = (fixed, "option")
+                elif np.isfinite(sim_cut):
+                    real_cuts[n] = (sim_cut, f"{level} sim P>=0.95"
+                                    + ("" if asid else ", artefacts ignored"))
+                else:
+                    real_cuts[n] = (0.5 if asid else 5.0, "default")
+            real_table(path, runners, real_cuts, check)
 
 
 if __name__ == "__main__":

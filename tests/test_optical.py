@@ -372,6 +372,51 @@ def test_read_optical_mismatching_mask_warns():
     assert mask is None and data.shape == (10, 10)
 
 
+def test_read_optical_masks_outside_the_data_section():
+    """A raw frame's TRIMSEC (else DATASEC) keeps its pixel coordinates; the overscan and
+    pre-scan around it are masked, together with any bad-pixel extension."""
+    sci = np.full((20, 30), 300.0, np.float32)
+    hdu = fits.PrimaryHDU(sci)
+    hdu.header["DATASEC"] = "[1:30,1:20]"
+    hdu.header["TRIMSEC"] = "[ 5: 26,  2: 20]"  # IRAF style, with spaces; wins over DATASEC
+    bad = np.zeros((20, 30), np.uint8)
+    bad[10, 10] = 1
+    data, _, mask = read_optical(fits.HDUList([hdu, fits.ImageHDU(bad, name="BPM")]))
+    assert data.shape == (20, 30)
+    expected = np.ones((20, 30), bool)
+    expected[1:20, 4:26] = False
+    expected[10, 10] = True
+    np.testing.assert_array_equal(mask, expected)
+    # a section covering the whole image masks nothing
+    whole = fits.PrimaryHDU(sci)
+    whole.header["DATASEC"] = "[1:30,1:20]"
+    assert read_optical(whole)[2] is None
+
+
+@pytest.mark.parametrize("value, match", [("[1:30]", "is not a section"),
+                                          ("[0:30,1:20]", "does not fit"),
+                                          ("[1:31,1:20]", "does not fit"),
+                                          ("[20:10,1:20]", "does not fit")])
+def test_read_optical_bad_data_section_warns(value, match):
+    hdu = fits.PrimaryHDU(np.ones((20, 30), np.float32))
+    hdu.header["TRIMSEC"] = value
+    with pytest.warns(ASIDInputWarning, match=match):
+        _, _, mask = read_optical(hdu)
+    assert mask is None
+
+
+def test_prepare_optical_masks_the_overscan_of_a_raw_frame():
+    """The masked overscan columns do not bias the background nor give detections."""
+    rng = np.random.default_rng(4)
+    sci = rng.normal(300.0, 5.0, (64, 80)).astype(np.float32)
+    sci[:, :8] = rng.normal(220.0, 2.0, (64, 8))  # bias-level overscan strip
+    hdu = fits.PrimaryHDU(sci)
+    hdu.header["TRIMSEC"] = "[9:80,1:64]"
+    sky = prepare_optical(fits.HDUList([hdu]), require_wcs=False)
+    assert sky.mask2d[:, :8].all() and not sky.mask2d[:, 8:].any()
+    assert abs(float(np.median(sky.background[0][:, 8:])) - 300.0) < 1.0
+
+
 def test_read_optical_errors(tmp_path):
     table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=[1.0])])
     with pytest.raises(ValueError, match="no 2-D image HDU"):

@@ -10,6 +10,10 @@ What it handles
   ``DQ``, ``FLAGS``: non-zero is bad) and the ``SATURATE`` keyword (pixels at
   or above it are flagged in ``meta["saturated"]``; they stay in the image,
   since a saturated star is still a star).
+- Raw CCD frames: pixels outside the header's ``TRIMSEC`` (else ``DATASEC``),
+  the IRAF data section ``[x1:x2,y1:y2]`` (1-based, inclusive), are masked,
+  so overscan and pre-scan strips are not searched; pixel coordinates stay
+  those of the file.
 - Background and noise with photutils `~photutils.background.Background2D`
   (sigma-clipped SExtractor mode estimator, MAD-std noise, a median filter
   over the boxes): ``SkyImage.background`` and ``SkyImage.noise``.
@@ -23,8 +27,8 @@ import numpy as np
 
 from astro_asid.utils.exceptions import ASIDInputWarning
 
-__all__ = ["estimate_background", "prepare_optical", "read_optical", "snr_image",
-           "OPTICAL_MASK_EXTENSIONS", "HEADER_KEYS"]
+__all__ = ["estimate_background", "prepare_optical", "read_optical", "section_mask",
+           "snr_image", "OPTICAL_MASK_EXTENSIONS", "HEADER_KEYS", "SECTION_KEYS"]
 
 #: Extension names read as bad-pixel masks (non-zero = bad).
 OPTICAL_MASK_EXTENSIONS = ("MASK", "BPM", "DQ", "FLAGS", "BADPIX")
@@ -121,6 +125,52 @@ def snr_image(image, box_size=64, return_noise=False):
     return (out, noise) if return_noise else out
 
 
+#: Header keywords of the useful part of a raw frame, in order of preference.
+SECTION_KEYS = ("TRIMSEC", "DATASEC")
+
+
+def section_mask(header, shape):
+    """Pixels outside the header's data section (`SECTION_KEYS`), or None.
+
+    Parameters
+    ----------
+    header : `~astropy.io.fits.Header`
+    shape : tuple
+        ``(ny, nx)`` of the image.
+
+    Returns
+    -------
+    mask : `~numpy.ndarray` of bool or None
+        True outside the section ``[x1:x2,y1:y2]`` (FITS 1-based, inclusive);
+        None when the header has no section, or one that covers the whole
+        image. A section that cannot be read, or lies outside the image, is
+        ignored with an `~astro_asid.utils.exceptions.ASIDInputWarning`.
+    """
+    import re
+
+    for key in SECTION_KEYS:
+        if key not in header:
+            continue
+        text = str(header[key])
+        m = re.fullmatch(r"\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*", text)
+        ny, nx = shape
+        if m is None:
+            warnings.warn(f"{key} = {text!r} is not a section [x1:x2,y1:y2]: ignored",
+                          ASIDInputWarning)
+            return None
+        x1, x2, y1, y2 = map(int, m.groups())
+        if not (1 <= x1 <= x2 <= nx and 1 <= y1 <= y2 <= ny):
+            warnings.warn(f"{key} = {text!r} does not fit the {nx}x{ny} image: ignored",
+                          ASIDInputWarning)
+            return None
+        if (x1, x2, y1, y2) == (1, nx, 1, ny):
+            return None
+        mask = np.ones(shape, bool)
+        mask[y1 - 1:y2, x1 - 1:x2] = False
+        return mask
+    return None
+
+
 def _mask_extension(hdul):
     for h in hdul:
         if h.name.upper() in OPTICAL_MASK_EXTENSIONS and getattr(h, "is_image", False) \
@@ -145,7 +195,8 @@ def read_optical(source, hdu=None):
         float32, native byte order, ``(ny, nx)``.
     header : `~astropy.io.fits.Header`
     mask : `~numpy.ndarray` of bool or None
-        From a bad-pixel extension of the same shape, when there is one.
+        From a bad-pixel extension of the same shape, when there is one, and
+        the pixels outside the header's data section (`section_mask`).
     """
     import os
 
@@ -178,6 +229,9 @@ def read_optical(source, hdu=None):
     data = np.asarray(obj.data)
     if data.ndim != 2:
         raise ValueError(f"optical images must be 2-D, the HDU has shape {data.shape}")
+    outside = section_mask(obj.header, data.shape)
+    if outside is not None:
+        mask = outside if mask is None else (mask | outside)
     return np.array(data, dtype=np.float32), obj.header.copy(), mask
 
 
