@@ -158,9 +158,8 @@ def _ccdproc_frame():
 
 
 #: Real images of part 5 and the crowding level whose cuts they get.
-REAL_IMAGES = {M13_PATH: "crowded"}
-if _ccdproc_frame():
-    REAL_IMAGES[_ccdproc_frame()] = "sparse"
+REAL_IMAGES = {M13_PATH: "crowded", _ccdproc_frame(): "sparse"}
+REAL_IMAGES.pop(None, None)  # without ccdproc
 SEP_THRESH, SEP_MINAREA, SEP_NTHRESH, SEP_CONT = 1.5, 5, 32, 0.005
 DAO_NSIGMA = 2.0
 SEG_NSIGMA, SEG_NPIXELS = 1.5, 5
@@ -818,7 +817,8 @@ def real_table(path, runners, cuts, fwhm_check=None):
     print(f"\n## Real image: {os.path.basename(path)} ({data.shape[1]}x{data.shape[0]}, "
           f"{_fmt(scale, '.2f')} arcsec/px, {int(mask.sum()) if mask is not None else 0} "
           f"pixels masked ({int(strips.sum())} of them in flat edge strips), seeing "
-          f"unknown: estimated FWHM {fwhm:.2f} px by Gaussian fits to isolated sep detections, given to dao and segmentation)")
+          f"unknown: estimated FWHM {fwhm:.2f} px by Gaussian fits to isolated sep "
+          f"detections, given to dao and segmentation)")
     if fwhm_check is not None:
         print(f"The FWHM estimator on the simulated fields: estimated/true median "
               f"{fwhm_check[0]:.2f}, 16-84 % {fwhm_check[1]:.2f}..{fwhm_check[2]:.2f}")
@@ -879,11 +879,13 @@ def main(argv=None):
     parser.add_argument("--real-level", default="crowded", choices=CROWDING,
                         help="crowding level whose cuts --real-image gets (default crowded)")
     parser.add_argument("--real-min-score", type=float,
-                        help="asid-optical score cut on the real image (default: its crowded "
-                             "P>=0.95 cut from the simulated fields, else 0.5)")
+                        help="asid-optical score cut on the real image (default: its "
+                             "P>=0.95 cut from the simulated fields at the image's crowding "
+                             "level, else 0.5)")
     parser.add_argument("--real-min-snr", type=float,
                         help="S/N cut of the classical finders on the real image (default: "
-                             "each one's crowded P>=0.95 cut with artefacts ignored, else 5)")
+                             "each one's P>=0.95 cut with artefacts ignored at the image's "
+                             "crowding level, else 5)")
     parser.add_argument("--n-trail-fields", type=int, default=24,
                         help="extra moderate fields, each with a satellite trail, for part 3")
     parser.add_argument("--skip-recall", action="store_true", help="skip part 1's table")

@@ -123,7 +123,7 @@ class CatalogClassifier:
         self.net_kwargs = dict(net_kwargs or {})
         check_network_options(arch.split("+")[0], self.net_kwargs)
         self.rnn_members = int(rnn_members) if mixed else 0
-        self.rnn_lr = float(rnn_lr or _DEFAULTS["gru"]["lr"]) if mixed else None
+        self.rnn_lr = float(rnn_lr or _DEFAULTS[arch.split("+")[1]]["lr"]) if mixed else None
         self.seed = int(seed)
         self.task = None
         self.class_names = None
@@ -163,25 +163,24 @@ class CatalogClassifier:
         return out
 
     @property
+    def _mixed(self):
+        """A dense + recurrent ensemble (``arch="dnn+gru"`` or ``"dnn+lstm"``)."""
+        return "+" in self.arch
+
+    @property
     def _n_networks(self):
         # The DNN trains all ensemble members in one batched module; the
         # recurrent networks are trained one member at a time.
-        if "+" in self.arch:
+        if self._mixed:
             return 1 + self.rnn_members
         return 1 if self.arch == "dnn" else self.n_members
 
-    def _network_arch(self, index):
-        """Architecture of network ``index`` (a mixed ensemble: the DNN first)."""
-        if "+" in self.arch:
-            dense, rnn = self.arch.split("+")
-            return dense if index == 0 else rnn
-        return self.arch
-
     def _new_network(self, index):
         cfg = self.features
-        arch = self._network_arch(index)
+        kinds = self.arch.split("+")  # a mixed ensemble: the DNN first, then the RNNs
+        arch = kinds[min(index, len(kinds) - 1)]
         # A mixed ensemble's recurrent members keep their default layer sizes.
-        kwargs = self.net_kwargs if arch == self.arch.split("+")[0] else {}
+        kwargs = {} if self._mixed and index > 0 else self.net_kwargs
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the global state
             torch.manual_seed(self.seed * 1000 + index)
             return build_network(arch, cfg.n_bands if cfg.spectrum else 0,
@@ -198,7 +197,7 @@ class CatalogClassifier:
         Members count equally, except in a mixed ensemble, where the dense and
         the recurrent members each carry half of the weight.
         """
-        if "+" not in self.arch:
+        if not self._mixed:
             return None
         return np.concatenate([np.full(self.n_members, 0.5 / self.n_members),
                                np.full(self.rnn_members, 0.5 / self.rnn_members)])
@@ -280,7 +279,7 @@ class CatalogClassifier:
         networks = []
         for m in range(self._n_networks):
             net = self._new_network(m)
-            lr = self.rnn_lr if "+" in self.arch and m > 0 else self.lr
+            lr = self.rnn_lr if self._mixed and m > 0 else self.lr
             train_network(net, arrays, y, epochs=self.epochs, batch_size=self.batch_size,
                           lr=lr, weight_decay=self.weight_decay,
                           sample_weight=sample_weight, seed=self.seed * 1000 + m)
