@@ -15,10 +15,22 @@ markdown:
 * reliability of ``source_prob`` and of the extension class probabilities,
   and precision/recall after the ``source_prob`` cut.
 
+With ``--likelihood`` it prints instead, for the detected real sources of the
+same set, the point-vs-extended accuracy (by S/N) and the 3-class ECE of
+
+* the network's extension head (the tables above);
+* the likelihood classes that ``find_sources`` returns when the background and
+  PSF are known (`Characterizer.extension_likelihood_prob`: the network's
+  estimates for every candidate, a power law of index 2.2);
+* the likelihood oracle: the same posterior with the true position and
+  spectrum and the exact light of every other source: up to its grids, the
+  Bayes-optimal classifier of the simulated population given more than the
+  data, so no method that sees only the data can beat it on average.
+
 Usage::
 
     python benchmarks/ctao_characterize.py [--n-test 300] [--seed 103] [--cache DIR] [--plots DIR]
-                                           [--weights PATH]
+                                           [--weights PATH] [--likelihood]
 
 ``--seed 103`` with 300 patches is the test set of the training command, whose
 numbers are in the model card; any other seed gives a fresh set (about
@@ -36,7 +48,7 @@ from astro_asid.characterize import Characterizer, metrics, report, shipped_char
 from astro_asid.characterize.data import INSTRUMENTS
 from astro_asid.characterize.train import _injected, _load_or_simulate, evaluate
 
-SNR_BINS = (0, 2, 5, 10, np.inf)
+SNR_BINS = (-np.inf, 2, 5, 10, np.inf)
 EXT_BINS = (0.0, 1e-9, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3, np.inf)
 
 
@@ -81,6 +93,77 @@ def extension_tables(test, res, spec):
             print(f"| {lo:.2f}-{hi:g} | {m.sum()} | {np.mean(ok[m]):.3f} | {med:.3f} |")
 
 
+def likelihood_reference(char, n, seed, spec):
+    """Point vs extended accuracy of the network against two likelihood classifiers
+    on the same detected real sources (see the module docstring, ``--likelihood``)."""
+    from astro_asid.characterize import extension_likelihood as el
+    from astro_asid.characterize.data import simulate_candidates
+    from astro_asid.characterize.train import inputs_from_arrays
+    from astro_asid import SkyImage
+    from astro_asid.simulate.ctao import CTAO_PIXEL_DEG, CTAOResponse, render_gaussian_sources
+
+    t0 = time.time()
+    patches = []
+    # the same set as the cached test set of this seed (one process)
+    test = simulate_candidates(n, instrument="ctao", seed=seed, density=1.0,
+                               inject_snr=spec["inject_snr"], log=None, on_patch=patches.append)
+    inputs, scalars = inputs_from_arrays(test, len(spec["cutouts"]),
+                                         char.card.get("input", "log1p"))
+    res = char.combine(char.raw_outputs(inputs, scalars))
+    lik = char.card["extension_likelihood"]
+    prior = el.ExtensionPrior(*(np.asarray(lik[k], float) for k in
+                                ("sigma_deg", "sigma_weight", "flux", "flux_weight")))
+    psf, pix = CTAOResponse().psf_sigma_deg, CTAO_PIXEL_DEG
+    nominal = np.asarray(char.card["flux"]["nominal_exposure"], float)
+    rows, p_real, p_oracle = [], [], []
+    for p in patches:
+        det = p["match"] >= 0
+        if not det.any():
+            continue
+        r = p["rows"]
+        # what find_sources does with a gammapy dataset: the network's positions,
+        # counts and widths of every candidate, the known background, PSF and exposure
+        image = SkyImage(p["counts"], background=p["background"], exposure=p["exposure"] * nominal,
+                         psf={"sigma_pix": (psf / pix).tolist()}, instrument="ctao")
+        p_real.append(char.extension_likelihood_prob(image, p["x"], p["y"],
+                                                     {k: v[r] for k, v in res.items()},
+                                                     rows=np.flatnonzero(det)))
+        # the oracle: true position, spectrum and all other sources' light
+        tr = p["truth"]
+        for i in np.flatnonzero(det):
+            k = p["match"][i]
+            cb = np.asarray(tr["counts_band"][k], float) * p["exposure"]
+            width = np.hypot(float(tr["sigma_deg"][k]), psf)[None] / pix
+            own = render_gaussian_sources(p["counts"].shape[1:], [float(tr["x"][k])],
+                                          [float(tr["y"][k])], cb[None], width)
+            post = el.extension_posterior(p["counts"], p["background"] + p["sources"] - own,
+                                          float(tr["x"][k]), float(tr["y"][k]),
+                                          cb / float(tr["flux_1tev"][k]), psf, pix, prior)
+            p_oracle.append(el.class_probabilities(post, prior.sigma_deg,
+                                                   spec["ext_edges_deg"]))
+        rows.append(r[det])
+    rows = np.concatenate(rows)
+    lab = np.digitize(test["extension"][rows], spec["ext_edges_deg"])
+    probs = {"network's extension head": res["ext_prob"][rows],
+             "likelihood with the network's estimates (find_sources)": np.concatenate(p_real),
+             "likelihood oracle (true position, spectrum, neighbours)": np.asarray(p_oracle)}
+    snr = test["snr_obs"][rows]
+    bins = list(zip(SNR_BINS[:-1], SNR_BINS[1:]))
+    print(f"\n## Point vs extended against likelihood classifiers ({n} patches, seed {seed}; "
+          f"{len(rows)} detected real sources; {time.time() - t0:.0f} s)\n")
+    print("| classifier | point vs extended | " + " | ".join(
+        f"S/N {lo:g}-{hi:g}" for lo, hi in bins) + " | 3-class ECE |")
+    print("|---|---|" + "---|" * (len(bins) + 1))
+    print("| n | " + f"{len(rows)} | " + " | ".join(
+        str(int(((snr >= lo) & (snr < hi)).sum())) for lo, hi in bins) + " | |")
+    for name, prob in probs.items():
+        ok = (lab == 0) == (prob.argmax(1) == 0)
+        cells = [_fmt(np.mean(ok[(snr >= lo) & (snr < hi)]) if ((snr >= lo) & (snr < hi)).any()
+                      else np.nan) for lo, hi in bins]
+        ece = metrics.expected_calibration_error(prob, lab)
+        print(f"| {name} | {np.mean(ok):.3f} | " + " | ".join(cells) + f" | {ece:.3f} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--n-test", type=int, default=300, help="simulated test patches")
@@ -89,6 +172,9 @@ def main(argv=None):
     p.add_argument("--workers", type=int, default=1, help="simulation processes")
     p.add_argument("--plots", default=None, help="folder for reliability and P/R plots")
     p.add_argument("--weights", help="a characteriser's .safetensors (default: the shipped one)")
+    p.add_argument("--likelihood", action="store_true",
+                   help="only compare point vs extended with the likelihood classifiers "
+                        "(simulates the set again in one process, about 5 min per 300 patches)")
     a = p.parse_args(argv)
     char = Characterizer.load(a.weights) if a.weights else shipped_characterizer("ctao")
     if char is None:
@@ -96,6 +182,9 @@ def main(argv=None):
     spec = INSTRUMENTS["ctao"]
     print(f"characteriser {char.card['name']} ({char.card['sha256'][:12]}), "
           f"{len(char.members)} members, trained on {char.card['detector']} candidates")
+    if a.likelihood:
+        likelihood_reference(char, a.n_test, a.seed, spec)
+        return
     t0 = time.time()
     # the survey's own source density, as the training command's test set
     test = _load_or_simulate(a.cache, "test", a.n_test, "ctao", a.seed, print,

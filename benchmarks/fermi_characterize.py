@@ -18,6 +18,10 @@ Two parts, each printing tables:
 Usage::
 
     python benchmarks/fermi_characterize.py --seeds 5 [--cache DIR] [--n-test 3000]
+                                            [--weights PATH]
+
+``--weights`` evaluates another characteriser (a ``.safetensors`` file with its
+card beside it) instead of the shipped one.
 """
 
 import argparse
@@ -29,6 +33,7 @@ import numpy as np
 from astropy.table import Table, vstack
 
 from astro_asid.characterize import metrics, report, shipped_characterizer
+from astro_asid.characterize.model import Characterizer
 from astro_asid.characterize.data import INSTRUMENTS
 from astro_asid.characterize.train import _injected, _load_or_simulate, evaluate
 from astro_asid import get_detector
@@ -206,8 +211,9 @@ def main(argv=None):
     p.add_argument("--skip-simulated", action="store_true")
     p.add_argument("--skip-challenge", action="store_true")
     p.add_argument("--plots", default=None, help="folder for reliability and P/R plots")
+    p.add_argument("--weights", help="a characteriser's .safetensors (default: the shipped one)")
     a = p.parse_args(argv)
-    char = shipped_characterizer("fermi-lat")
+    char = Characterizer.load(a.weights) if a.weights else shipped_characterizer("fermi-lat")
     if char is None:
         raise SystemExit("no Fermi-LAT characteriser is installed")
     print(f"characteriser {char.card['name']} ({char.card['sha256'][:12]}), "

@@ -399,3 +399,51 @@ def test_temperature_and_bias_fit_undo_balanced_training():
     t, bias = _fit_temperature_bias(shown, lab)
     assert t == pytest.approx(2.0, rel=0.05)
     assert bias[0] == 0.0 and bias[1] - (-1.5) == pytest.approx(0.0, abs=0.1)
+
+
+@pytest.mark.skipif(shipped_characterizer("ctao") is None, reason="no CTAO characteriser shipped")
+def test_ctao_extension_prob_by_likelihood_when_the_background_is_known():
+    pytest.importorskip("gammapy")
+    from astro_asid.instruments.ctao import dataset_to_sky_image
+    from astro_asid.simulate.ctao import CTAOSkySimulator, to_gammapy_dataset
+    char = shipped_characterizer("ctao")
+    assert char.use_extension_likelihood and "extension_likelihood" in char.card
+    b = CTAOSkySimulator(seed=7, npix=128).sample_patches(1)
+    sky = dataset_to_sky_image(to_gammapy_dataset(b, 0))
+    assert sky.background is not None and sky.psf.get("sigma_pix") is not None
+    cands = _cands([40.0, 80.0, 64.0], [60.0, 30.0, 64.0])
+    lik = char.characterize(sky, cands)
+    assert lik.meta["characterizer"]["extension_prob"].startswith("likelihood")
+    p = np.asarray(lik["extension_prob"])
+    assert p.shape == (3, 3) and np.all(p >= 0)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    # the same candidates without the background: the network's head
+    net = char.characterize(sky.copy(background=None), cands)
+    assert net.meta["characterizer"]["extension_prob"] == "network"
+    assert not np.allclose(np.asarray(net["extension_prob"]), p)
+    try:
+        char.use_extension_likelihood = False
+        off = char.characterize(sky, cands)
+    finally:
+        char.use_extension_likelihood = True
+    np.testing.assert_allclose(np.asarray(off["extension_prob"]),
+                               np.asarray(net["extension_prob"]))
+    # everything else is unchanged by the choice
+    np.testing.assert_allclose(np.asarray(off["flux"]), np.asarray(lik["flux"]))
+
+
+def test_simulated_candidates_report_each_patch():
+    from astro_asid.characterize.data import simulate_candidates
+    seen = []
+    d = simulate_candidates(3, instrument="fermi-lat", seed=7, log=None, on_patch=seen.append)
+    assert seen and sum(len(p["rows"]) for p in seen) == int((~d["injected"]).sum())
+    for p in seen:
+        r = p["rows"]
+        assert p["counts"].shape == p["background"].shape == p["sources"].shape
+        assert np.all(d["patch"][r] == d["patch"][r[0]]) and not d["injected"][r].any()
+        # the detector's candidates, in order: the matched ones are the real ones
+        np.testing.assert_array_equal(d["real"][r], p["match"] >= 0)
+        np.testing.assert_allclose(d["scalars"][r, 0], p["x"] - np.rint(p["x"]))
+        m = p["match"] >= 0
+        np.testing.assert_allclose(d["tx"][r][m],
+                                   np.asarray(p["truth"]["x"])[p["match"][m]] - np.rint(p["x"][m]))

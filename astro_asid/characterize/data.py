@@ -83,7 +83,7 @@ def _aperture_snr(counts, bkg, x, y, radius=2.0):
 
 def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0,
                         exposure_range=(0.3, 3.0), background_range=(0.5, 2.0), chunk=200,
-                        density=None, inject_snr=None, log=print):
+                        density=None, inject_snr=None, log=print, on_patch=None):
     """Run a detector on simulated patches and label its candidates.
 
     Parameters
@@ -109,6 +109,16 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
         that the detector missed, at their true position plus 1 px of Gaussian
         jitter (``injected`` True, ``score`` NaN): extended sources are rarely
         detected, so this gives the extension head enough examples.
+    on_patch : callable, optional
+        Called after each patch that has candidates with a dict: ``counts``
+        ``(n_bands, ny, nx)`` as the detector saw them, ``background`` (the
+        known background, scaled like the counts), ``sources`` (the expected
+        counts of all simulated sources, scaled), ``exposure`` (the scale),
+        ``truth`` (the patch's true-source table), ``x``, ``y`` (the detector's
+        candidates), ``match`` (index into ``truth`` of each, -1 for none) and ``rows`` (their
+        indices in the returned arrays, in the detector's order; injected
+        candidates follow them). For reference analyses that need the whole
+        patch, such as the extension oracle of ``benchmarks/ctao_characterize.py``.
 
     Returns
     -------
@@ -160,6 +170,7 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
             _, match = match_detections(x, y, score, truth["x"], truth["y"], tflux,
                                         radius=spec["match_radius_px"])
             injected = np.zeros(len(x), bool)
+            detected_match = match
             if len(truth):
                 cb = np.asarray(truth["counts_band"], float).reshape(len(truth), -1)
                 r = np.clip(np.rint(np.asarray(truth["y"], float)).astype(int), 0,
@@ -221,8 +232,15 @@ def simulate_candidates(n_patches, instrument="fermi-lat", detector=None, seed=0
                 vals.append(np.rint(val * 255).astype(np.uint8))
             rec["cutouts"] = np.concatenate(cuts, axis=1)
             rec["valid"] = np.stack(vals, axis=1)
+            first = sum(len(v) for v in out.get("score", []))
             for k, v in rec.items():
                 out.setdefault(k, []).append(np.asarray(v))
+            if on_patch is not None:
+                nd = len(detected_match)
+                on_patch({"counts": counts[j], "background": lam_bg[j],
+                          "sources": src[j] * e[j], "exposure": float(e[j]), "truth": truth,
+                          "x": x[:nd], "y": y[:nd], "match": np.asarray(detected_match),
+                          "rows": first + np.arange(nd)})
         done += n
         if log:
             nc = sum(len(v) for v in out.get("score", []))

@@ -401,6 +401,27 @@ def ctao_flux_exposure():
                                       f"exposure ({livetime_h:g} h, CTA prod3b South)")}
 
 
+def ctao_extension_likelihood(spectral_index=2.2, half_width_px=28):
+    """The CTAO card's ``extension_likelihood``: the training population's prior
+    and the counts per unit flux at the nominal exposure (a power law of
+    ``spectral_index``), with which `Characterizer.characterize` computes
+    ``extension_prob`` by likelihood when the image's background and PSF are
+    known (see `~astro_asid.characterize.extension_likelihood`)."""
+    from astro_asid.characterize.extension_likelihood import ExtensionPrior
+    from astro_asid.simulate.ctao import CTAO_LIVETIME_H, CTAOResponse, CTAOSkySimulator
+
+    prior = ExtensionPrior.from_ctao_simulator(CTAOSkySimulator(seed=0))
+    per_flux = CTAOResponse().band_counts(np.array([1.0]), np.array([spectral_index]),
+                                          CTAO_LIVETIME_H * 3600.0)[0]
+    return {"sigma_deg": prior.sigma_deg.tolist(), "sigma_weight": prior.sigma_weight.tolist(),
+            "flux": prior.flux.tolist(), "flux_weight": prior.flux_weight.tolist(),
+            "counts_per_flux": [float(v) for v in per_flux], "spectral_index": spectral_index,
+            "half_width_px": half_width_px,
+            "note": "prior: the training simulation's population (point fraction, log-uniform "
+                    "widths, dN/dS ~ S^-2 between its flux limits, > 1 TeV cm-2 s-1); "
+                    "counts_per_flux at the nominal exposure"}
+
+
 def evaluate(char, test, spec, min_count=50):
     """Metrics of a calibrated characteriser on a labelled test set.
 
@@ -603,6 +624,7 @@ def train_characterizer(instrument="fermi-lat", n_patches=12000, n_calibration=3
         from astro_asid.simulate.ctao import CTAO_PIXEL_DEG
         card["pixel_scale_deg"] = CTAO_PIXEL_DEG
         card["flux"].update(ctao_flux_exposure())
+        card["extension_likelihood"] = ctao_extension_likelihood()
     if instrument == "optical":
         card["flux"]["unit"] = "image units"
         card["flux"]["note"] = ("log10 flux is predicted in units of the local noise and "
