@@ -44,7 +44,7 @@ brightness otherwise set S90 for every detector; stderr has the completeness
 per flux bin for all, point-like and extended sources); the number of
 detections and the wall time per patch (detection only: astro_asid detectors
 run with ``characterize=False`` since 2026-11-24; before, the wall time included
-the characteriser's network, a few per cent). The
+the characteriser's network too). The
 precision/recall curve is printed (sampled) to stderr and written in full
 with ``--curves FILE.ecsv``.
 
