@@ -10,7 +10,8 @@ On the characteriser's held-out test set (``asid train characterizer --instrumen
   of the candidate (what SExtractor's CLASS_STAR and size cuts measure);
 - flux: per bin of true matched-filter S/N (brightness relative to each field's depth),
   the median absolute error in dex and the mean and spread of the z-score
-  ``(log10 F_pred - log10 F_true) / sigma`` (calibrated: spread 0.9-1.1).
+  ``(log10 F_pred - log10 F_true) / sigma`` (calibrated: spread 0.9-1.1); and the z-score
+  per bin of the measured flux (what a catalogue can be cut on; the calibration's bins).
 
 Run::
 
@@ -66,6 +67,17 @@ def main(argv=None):
         if m.sum() >= 50:
             print(f"| {lo:g}-{hi:g} | {int(m.sum())} | {np.median(np.abs(dl[m])):.3f} | "
                   f"{z[m].mean():+.2f} | {z[m].std():.2f} |")
+    # what a catalogue user can select on: bins of the measured flux (log10, in units of
+    # the local noise), where Eddington bias does not enter as it does in true-S/N bins
+    print("\n## Flux errors of the real candidates by measured flux (log10 flux / noise)\n")
+    print("| measured log10 flux | n | of which saturated | z mean | z std |")
+    print("|---|---|---|---|---|")
+    lf = r["log10_flux"]
+    for lo in np.arange(np.floor(np.nanmin(lf[real]) * 2) / 2, np.nanmax(lf[real]), 0.5):
+        m = real & (lf >= lo) & (lf < lo + 0.5)
+        if m.sum() >= 50:
+            print(f"| {lo:.1f}-{lo + 0.5:.1f} | {int(m.sum())} | "
+                  f"{int(d['saturated'][m].sum())} | {z[m].mean():+.2f} | {z[m].std():.2f} |")
     print("\n## Star/galaxy AUC of the real candidates\n")
     print("| S/N | n stars | n galaxies | AUC class_prob | AUC concentration |")
     print("|---|---|---|---|---|")

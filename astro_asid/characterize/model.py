@@ -349,7 +349,7 @@ class Characterizer:
         width (``pred``, from `predict`), with the image's PSF and a power-law spectrum (the card's
         ``counts_per_flux`` times the exposure relative to the nominal one).
         On simulated CTAO patches this is more accurate than the network's
-        extension head (docs/benchmarks.rst); it costs about 0.1 s per candidate.
+        extension head (docs/benchmarks.rst); it costs about 0.07 s per candidate (one core).
 
         Parameters
         ----------
