@@ -430,6 +430,11 @@ def test_ctao_extension_prob_by_likelihood_when_the_background_is_known():
                                np.asarray(net["extension_prob"]))
     # everything else is unchanged by the choice
     np.testing.assert_allclose(np.asarray(off["flux"]), np.asarray(lik["flux"]))
+    # a background or PSF that does not fit the data is named
+    with pytest.raises(ValueError, match="background has shape"):
+        char.characterize(sky.copy(background=sky.background[:2]), cands)
+    with pytest.raises(ValueError, match="sigma_pix"):
+        char.characterize(sky.copy(psf={"sigma_pix": [1.0]}), cands)
 
 
 def test_simulated_candidates_report_each_patch():

@@ -170,9 +170,10 @@ def extension_class_probs(counts, background, x, y, band_counts, extension_deg, 
     """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
-    band_counts = np.clip(np.asarray(band_counts, float), 0.0, None)
+    # a source without an estimate (NaN) or a negative one adds no light
+    band_counts = np.clip(np.nan_to_num(np.asarray(band_counts, float), nan=0.0), 0.0, None)
     psf = np.asarray(psf_sigma_deg, float)
-    width = np.hypot(np.asarray(extension_deg, float)[:, np.newaxis],
+    width = np.hypot(np.nan_to_num(np.asarray(extension_deg, float), nan=0.0)[:, np.newaxis],
                      psf[np.newaxis]) / pixel_deg
     shape = np.shape(counts)[1:]
     everything = np.asarray(background, float) + render_gaussian_sources(

@@ -345,11 +345,12 @@ class Characterizer:
 
         Each candidate is tested for a Gaussian width (the card's population
         prior) against the image's background plus every other candidate,
-        modelled with the network's position, counts (times ``source_prob``) and
-        width (``pred``, from `predict`), with the image's PSF and a power-law spectrum (the card's
-        ``counts_per_flux`` times the exposure relative to the nominal one).
-        On simulated CTAO patches this is more accurate than the network's
-        extension head (docs/benchmarks.rst); it costs about 0.07 s per candidate (one core).
+        modelled with the network's position, counts (times ``source_prob``)
+        and width (``pred``, from `predict`), with the image's PSF and a
+        power-law spectrum (the card's ``counts_per_flux`` times the exposure
+        relative to the nominal one). On simulated CTAO patches this is more
+        accurate than the network's extension head (docs/benchmarks.rst); it
+        costs about 0.07 s per candidate (one core).
 
         Parameters
         ----------
@@ -366,9 +367,21 @@ class Characterizer:
         -------
         `~numpy.ndarray`
             ``(n, 3)`` probabilities of C0, C1, C2 (``n`` candidates or rows).
+
+        Raises
+        ------
+        ValueError
+            The image's background or PSF does not fit its data.
         """
         from astro_asid.characterize.extension_likelihood import (ExtensionPrior,
                                                                  extension_class_probs)
+        back = np.asarray(image.background, float)
+        if back.shape != image.data.shape:
+            raise ValueError(f"the image's background has shape {back.shape}, its data "
+                             f"{image.data.shape}")
+        if len(image.psf["sigma_pix"]) != image.n_bands:
+            raise ValueError(f"the image's psf['sigma_pix'] has {len(image.psf['sigma_pix'])} "
+                             f"values for {image.n_bands} bands")
         lik = self.card["extension_likelihood"]
         prior = ExtensionPrior(*(np.asarray(lik[k], float) for k in
                                  ("sigma_deg", "sigma_weight", "flux", "flux_weight")))
@@ -383,11 +396,11 @@ class Characterizer:
             # a candidate's expected light: a FAKE (a background fluctuation) adds none
             band_counts = band_counts * pred["source_prob"][:, None]
         return extension_class_probs(
-            image.filled(0.0), image.background, xr, yr, band_counts, pred["extension"],
+            image.filled(0.0), back, xr, yr, band_counts, pred["extension"],
             scale[:, None] * per_flux[None], psf, pix, prior,
             self.card.get("ext_edges_deg", (0.1, 0.3)), rows=rows,
             half_width=int(lik.get("half_width_px", 28)),
-            valid=~image.mask & np.isfinite(image.background))
+            valid=~image.mask & np.isfinite(back))
 
     def characterize(self, image, candidates, detector=None):
         """Fill position errors, fluxes and classes of ``candidates`` found in ``image``.
