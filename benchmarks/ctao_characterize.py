@@ -152,16 +152,22 @@ def likelihood_reference(char, n, seed, spec):
     print(f"\n## Point vs extended against likelihood classifiers ({n} patches, seed {seed}; "
           f"{len(rows)} detected real sources; {time.time() - t0:.0f} s)\n")
     print("| classifier | point vs extended | " + " | ".join(
-        f"S/N {lo:g}-{hi:g}" for lo, hi in bins) + " | 3-class ECE |")
-    print("|---|---|" + "---|" * (len(bins) + 1))
+        f"S/N {lo:g}-{hi:g}" for lo, hi in bins) + " | 3-class accuracy | 3-class ECE |")
+    print("|---|---|" + "---|" * (len(bins) + 2))
     print("| n | " + f"{len(rows)} | " + " | ".join(
-        str(int(((snr >= lo) & (snr < hi)).sum())) for lo, hi in bins) + " | |")
+        str(int(((snr >= lo) & (snr < hi)).sum())) for lo, hi in bins) + " | | |")
     for name, prob in probs.items():
-        ok = (lab == 0) == (prob.argmax(1) == 0)
+        pred = prob.argmax(1)
+        ok = (lab == 0) == (pred == 0)
         cells = [_fmt(np.mean(ok[(snr >= lo) & (snr < hi)]) if ((snr >= lo) & (snr < hi)).any()
                       else np.nan) for lo, hi in bins]
         ece = metrics.expected_calibration_error(prob, lab)
-        print(f"| {name} | {np.mean(ok):.3f} | " + " | ".join(cells) + f" | {ece:.3f} |")
+        print(f"| {name} | {np.mean(ok):.3f} | " + " | ".join(cells)
+              + f" | {np.mean(pred == lab):.3f} | {ece:.3f} |")
+    print(f"\nConfusion matrices (rows true {'/'.join(spec['ext_class_names'])}, columns "
+          "predicted):\n")
+    for name, prob in probs.items():
+        print(f"- {name}: {metrics.confusion_matrix(lab, prob.argmax(1), 3).tolist()}")
 
 
 def main(argv=None):
