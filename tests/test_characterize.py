@@ -445,6 +445,9 @@ def test_simulated_candidates_report_each_patch():
     for p in seen:
         r = p["rows"]
         assert p["counts"].shape == p["background"].shape == p["sources"].shape
+        # the counts are a Poisson draw of background + sources: equal means
+        mu = p["background"] + p["sources"]
+        assert abs(p["counts"].mean() - mu.mean()) < 5 * np.sqrt(mu.mean() / mu.size)
         assert np.all(d["patch"][r] == d["patch"][r[0]]) and not d["injected"][r].any()
         # the detector's candidates, in order: the matched ones are the real ones
         np.testing.assert_array_equal(d["real"][r], p["match"] >= 0)
