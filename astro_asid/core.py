@@ -236,6 +236,11 @@ def merge_mask(bad, mask, target):
         raise ValueError(f"mask of shape {m.shape} does not match {target}") from None
 
 
+#: The error for an input without a celestial WCS where a catalogue needs one.
+NO_WCS_MESSAGE = ("no celestial WCS: pass wcs=... or a FITS file/HDU whose header has one "
+                  "(for pixel-only work use astro_asid.ASIDStarFinder)")
+
+
 def as_sky_image(image, wcs=None, *, mask=None, energy_edges=None, instrument=None,
                  hdu=None, require_wcs=True):
     """Normalise any supported input into a `SkyImage`.
@@ -320,9 +325,7 @@ or `SkyImage`
 
     wcs = _celestial_wcs(wcs, data.shape[1:])
     if wcs is None and require_wcs:
-        raise ValueError(
-            "no celestial WCS: pass wcs=... or a FITS file/HDU whose header has one "
-            "(for pixel-only work use astro_asid.ASIDStarFinder)")
+        raise ValueError(NO_WCS_MESSAGE)
 
     if energy_edges is not None:
         energy_edges = u.Quantity(energy_edges)

@@ -6,7 +6,7 @@ from astro_asid import __version__
 from astro_asid.characterize.apply import characterize_candidates, characterizer_meta
 from astro_asid.catalog import build_catalog, validate_candidates, validate_catalog
 from astro_asid.config import conf
-from astro_asid.core import as_sky_image, pixel_scale_mismatch
+from astro_asid.core import NO_WCS_MESSAGE, _celestial_wcs, as_sky_image, pixel_scale_mismatch
 from astro_asid.detection.base import Detector
 from astro_asid.plugins.manager import get_registry, instantiate_detector
 from astro_asid.utils.exceptions import PluginError
@@ -203,6 +203,11 @@ def find_sources(image, wcs=None, *, detector=None, mask=None, instrument=None,
                            instrument=instrument, hdu=hdu)
     if instrument is not None:
         sky = sky.copy(instrument=instrument)
+    if sky.wcs is None:
+        # a SkyImage made without one: the catalogue's sky positions need it
+        if wcs is None:
+            raise ValueError(NO_WCS_MESSAGE)
+        sky = sky.copy(wcs=_celestial_wcs(wcs, sky.shape))
     det, origin = _resolve_detector(detector, sky.instrument, options, sky)
     if sky.instrument is None and tuple(det.instruments) == ("optical",):
         from astro_asid.instruments.optical import prepare_optical

@@ -161,3 +161,16 @@ def test_catalog_to_gammapy_models(bright_image):
     cat = find_sources(data, wcs, detector="peaks")
     models = to_gammapy_models(cat)
     assert len(models) == len(cat)
+
+
+def test_sky_image_without_wcs(wcs64):
+    """A SkyImage made without a WCS: a clear error, or the wcs= given alongside."""
+    from astro_asid import SkyImage
+    data = np.random.default_rng(2).normal(100.0, 5.0, (64, 64)).astype(np.float32)
+    data[30:33, 30:33] += 300.0
+    with pytest.raises(ValueError, match="no celestial WCS"):
+        find_sources(SkyImage(data[np.newaxis]), detector="peaks")
+    with pytest.raises(ValueError, match="no celestial WCS"):
+        find_sources(SkyImage(data[np.newaxis]), detector="peaks", instrument="optical")
+    cat = find_sources(SkyImage(data[np.newaxis]), wcs64, detector="peaks")
+    assert len(cat) >= 1 and np.all(np.isfinite(cat["sky_centroid"].spherical.lon.deg))
