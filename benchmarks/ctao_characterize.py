@@ -110,9 +110,7 @@ def likelihood_reference(char, n, seed, spec):
     inputs, scalars = inputs_from_arrays(test, len(spec["cutouts"]),
                                          char.card.get("input", "log1p"))
     res = char.combine(char.raw_outputs(inputs, scalars))
-    lik = char.card["extension_likelihood"]
-    prior = el.ExtensionPrior(*(np.asarray(lik[k], float) for k in
-                                ("sigma_deg", "sigma_weight", "flux", "flux_weight")))
+    prior = el.ExtensionPrior.from_dict(char.card["extension_likelihood"])
     psf, pix = CTAOResponse().psf_sigma_deg, CTAO_PIXEL_DEG
     nominal = np.asarray(char.card["flux"]["nominal_exposure"], float)
     rows, p_real, p_oracle = [], [], []

@@ -44,6 +44,17 @@ class ExtensionPrior:
     flux: np.ndarray
     flux_weight: np.ndarray
 
+    _FIELDS = ("sigma_deg", "sigma_weight", "flux", "flux_weight")
+
+    def to_dict(self):
+        """Plain lists, as a model card stores them."""
+        return {k: np.asarray(getattr(self, k), float).tolist() for k in self._FIELDS}
+
+    @classmethod
+    def from_dict(cls, d):
+        """The prior of a model card's entry (extra keys are ignored)."""
+        return cls(*(np.asarray(d[k], float) for k in cls._FIELDS))
+
     @classmethod
     def from_ctao_simulator(cls, sim, n_sigma=40, n_flux=50):
         """The population of a `~astro_asid.simulate.ctao.CTAOSkySimulator`: a

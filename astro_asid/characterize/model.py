@@ -383,8 +383,7 @@ class Characterizer:
             raise ValueError(f"the image's psf['sigma_pix'] has {len(image.psf['sigma_pix'])} "
                              f"values for {image.n_bands} bands")
         lik = self.card["extension_likelihood"]
-        prior = ExtensionPrior(*(np.asarray(lik[k], float) for k in
-                                 ("sigma_deg", "sigma_weight", "flux", "flux_weight")))
+        prior = ExtensionPrior.from_dict(lik)
         pix = float(self.card["pixel_scale_deg"])
         psf = np.asarray(image.psf["sigma_pix"], float) * pix
         per_flux = np.asarray(lik["counts_per_flux"], float)

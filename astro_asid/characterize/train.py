@@ -413,8 +413,7 @@ def ctao_extension_likelihood(spectral_index=2.2, half_width_px=28):
     prior = ExtensionPrior.from_ctao_simulator(CTAOSkySimulator(seed=0))
     per_flux = CTAOResponse().band_counts(np.array([1.0]), np.array([spectral_index]),
                                           CTAO_LIVETIME_H * 3600.0)[0]
-    return {"sigma_deg": prior.sigma_deg.tolist(), "sigma_weight": prior.sigma_weight.tolist(),
-            "flux": prior.flux.tolist(), "flux_weight": prior.flux_weight.tolist(),
+    return {**prior.to_dict(),
             "counts_per_flux": [float(v) for v in per_flux], "spectral_index": spectral_index,
             "half_width_px": half_width_px,
             "note": "prior: the training simulation's population (point fraction, log-uniform "
