@@ -23,7 +23,7 @@ from astropy.table import QTable
 
 from astro_asid.characterize.cutouts import cutout_input, extract_cutouts
 from astro_asid.characterize.network import CutoutNet
-from astro_asid.core import pixel_scale_mismatch
+from astro_asid.core import pixel_scale_deg, pixel_scale_mismatch
 from astro_asid.nn.io import load_weights, save_weights, shipped_model_path
 from astro_asid.utils.exceptions import WeightsError
 
@@ -384,7 +384,9 @@ class Characterizer:
                              f"values for {image.n_bands} bands")
         lik = self.card["extension_likelihood"]
         prior = ExtensionPrior.from_dict(lik)
-        pix = float(self.card["pixel_scale_deg"])
+        # the image's own pixels (check_image allows a 25 % mismatch with the card's)
+        pix = (float(self.card["pixel_scale_deg"]) if image.wcs is None
+               else pixel_scale_deg(image.wcs))
         psf = np.asarray(image.psf["sigma_pix"], float) * pix
         per_flux = np.asarray(lik["counts_per_flux"], float)
         scale = np.nan_to_num(self.exposure_scale(image, x, y), nan=1.0)
